@@ -1,0 +1,148 @@
+// Package cli implements the rollout and worker commands. Each command
+// writes to the given writers and returns an error, so tests run whole
+// commands in-process; cmd/rollout and cmd/worker only wire signals.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/redisconn"
+	"github.com/redis/go-redis/v9"
+)
+
+// Env is what a command runs with. Tests fill it; main uses OSEnv.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Stdin          io.Reader
+	Getenv         func(string) string
+	IsTerminal     bool
+}
+
+// OSEnv is the process's own environment.
+func OSEnv() *Env {
+	fi, _ := os.Stdin.Stat()
+	return &Env{Stdout: os.Stdout, Stderr: os.Stderr, Stdin: os.Stdin, Getenv: os.Getenv,
+		IsTerminal: fi != nil && fi.Mode()&os.ModeCharDevice != 0}
+}
+
+type command struct {
+	name, usage string
+	run         func(ctx context.Context, e *Env, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"plan", "plan -f FILE [-o table|json]            show what a rollout would do (no Redis)", runPlan},
+		{"apply", "apply -f FILE [--yes] [--wait] [-o ...]  record a rollout and queue its tasks", runApply},
+		{"status", "status ID [--watch] [-o table|json]     state and counts of a rollout", runStatus},
+		{"report", "report ID [-o csv|json|table]           one row per CVM", runReport},
+		{"list", "list [-o table|json]                    rollouts and their states", runList},
+		{"pause", "pause ID                                stop starting CVMs (in-flight ones finish)", runPause},
+		{"resume", "resume ID                               continue a paused rollout", runResume},
+		{"cancel", "cancel ID                               end a rollout; CVMs not started become cancelled", runCancel},
+		{"worker", "worker [--concurrency N]                process tasks (same as cmd/worker)", RunWorker},
+		{"sim", "sim [--addr 127.0.0.1:8090] [--cvms N]  serve the API simulator", runSim},
+		{"demo", "demo [--cvms N]                         the whole job in one process, no setup", runDemo},
+	}
+}
+
+// Run runs `rollout ARGS...`.
+func Run(ctx context.Context, e *Env, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(e.Stdout)
+		return nil
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, e, args[1:])
+		}
+	}
+	usage(e.Stderr)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "rollout: move a fleet of Phala Cloud CVMs to new KMS and Gateway URLs, one PATCH per CVM.")
+	fmt.Fprintln(w, "\nUsage: rollout COMMAND [flags]\n\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintln(w, "  "+c.usage)
+	}
+	fmt.Fprintln(w, "\nEnvironment: PHALA_CLOUD_API_KEY (required for plan/apply/worker), PHALA_CLOUD_API_PREFIX, REDIS_URL.")
+}
+
+// ErrUsage marks a usage error (exit status 2).
+var ErrUsage = errors.New("usage")
+
+// parse parses flags that may come before or after positional arguments
+// ("status ID --watch" and "status --watch ID" both work).
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%s: %v", fs.Name(), err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func oneID(fs *flag.FlagSet, args []string) (string, error) {
+	pos, err := parse(fs, args)
+	if err != nil {
+		return "", err
+	}
+	if len(pos) != 1 {
+		return "", fmt.Errorf("%s: expected one rollout id, got %d arguments", fs.Name(), len(pos))
+	}
+	return pos[0], nil
+}
+
+// apiClient builds the Phala client from the environment.
+func apiClient(e *Env, version string) (*api.Client, error) {
+	return api.New(api.Config{APIKey: e.Getenv("PHALA_CLOUD_API_KEY"), Prefix: e.Getenv("PHALA_CLOUD_API_PREFIX"), APIVersion: version})
+}
+
+func openRedis(ctx context.Context, e *Env, flagURL string) (redis.UniversalClient, error) {
+	u := flagURL
+	if u == "" {
+		u = e.Getenv("REDIS_URL")
+	}
+	return redisconn.Open(ctx, u)
+}
+
+func checkFormat(o string, allowed ...string) error {
+	for _, a := range allowed {
+		if o == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("-o %s: expected one of %s", o, strings.Join(allowed, ", "))
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func logger(e *Env, debug bool) *slog.Logger {
+	lvl := slog.LevelInfo
+	if debug {
+		lvl = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(e.Stderr, &slog.HandlerOptions{Level: lvl}))
+}

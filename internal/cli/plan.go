@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/phalafleet/rollout/internal/plan"
+)
+
+func runPlan(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
+	file := fs.String("f", "", "rollout file")
+	out := fs.String("o", "table", "output: table or json")
+	version := fs.String("api-version", "", "X-Phala-Version to send (default 2026-01-21)")
+	all := fs.Bool("all", false, "table: list every CVM, not only the first 50 of each action")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := checkFormat(*out, "table", "json"); err != nil {
+		return err
+	}
+	p, err := buildPlan(ctx, e, *file, *version)
+	if err != nil {
+		return err
+	}
+	if *out == "json" {
+		return writeJSON(e.Stdout, p)
+	}
+	printPlan(e.Stdout, p, *all)
+	return nil
+}
+
+func buildPlan(ctx context.Context, e *Env, file, version string) (*plan.Plan, error) {
+	if file == "" {
+		return nil, fmt.Errorf("-f FILE is required")
+	}
+	f, err := plan.Load(file)
+	if err != nil {
+		return nil, err
+	}
+	c, err := apiClient(e, version)
+	if err != nil {
+		return nil, err
+	}
+	return plan.Build(ctx, c, f, 0)
+}
+
+func printPlan(w io.Writer, p *plan.Plan, all bool) {
+	fmt.Fprintf(w, "Rollout %s (id %s)\n", p.Name, p.ID)
+	t := p.File.Target
+	if k := t.KMS(); k != nil {
+		fmt.Fprintf(w, "  kms_urls     -> [%s]\n", strings.Join(k, ", "))
+	}
+	if g := t.Gateway(); g != nil {
+		fmt.Fprintf(w, "  gateway_urls -> [%s]\n", strings.Join(g, ", "))
+	}
+	fmt.Fprintf(w, "  restart: %v\n\n", t.Restart)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CVM\tNAME\tNODE\tVMM\tACTION\tDETAIL")
+	shown := map[plan.Action]int{}
+	for _, it := range p.Items {
+		shown[it.Action]++
+		if !all && shown[it.Action] > 50 {
+			continue
+		}
+		detail := it.Reason
+		if it.Action == plan.Patch && detail == "" {
+			detail = diffText(p.File.Target, it)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", it.CVMID, it.Name, it.Node, dash(it.VMM), it.Action, detail)
+	}
+	tw.Flush()
+	for _, a := range []plan.Action{plan.Patch, plan.Unchanged, plan.Skip} {
+		if n := shown[a]; n > 50 && !all {
+			fmt.Fprintf(w, "  ... %d more %s rows (--all or -o json lists them)\n", n-50, a)
+		}
+	}
+	fmt.Fprintf(w, "\nPlan: %d to patch, %d unchanged, %d skipped (%d selected).\n",
+		p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], len(p.Items))
+}
+
+func diffText(t plan.Target, it plan.Item) string {
+	var parts []string
+	if k := t.KMS(); k != nil && strings.Join(k, ",") != strings.Join(it.KMS, ",") {
+		parts = append(parts, fmt.Sprintf("kms [%s] -> [%s]", strings.Join(it.KMS, ", "), strings.Join(k, ", ")))
+	}
+	if g := t.Gateway(); g != nil && strings.Join(g, ",") != strings.Join(it.Gateway, ",") {
+		parts = append(parts, fmt.Sprintf("gateway [%s] -> [%s]", strings.Join(it.Gateway, ", "), strings.Join(g, ", ")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

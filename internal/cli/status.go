@@ -1,0 +1,274 @@
+package cli
+
+import (
+	"context"
+	"encoding/csv"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/store"
+)
+
+func runStatus(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	w := fs.Bool("watch", false, "follow live until the rollout ends")
+	out := fs.String("o", "table", "output: table or json")
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	id, err := oneID(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := checkFormat(*out, "table", "json"); err != nil {
+		return err
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	st := store.New(rdb)
+	if *w {
+		r, err := watch(ctx, e, st, id, *out == "table", time.Second)
+		if err == nil && *out == "json" {
+			return writeJSON(e.Stdout, statusJSON(r))
+		}
+		return err
+	}
+	r, err := st.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if *out == "json" {
+		return writeJSON(e.Stdout, statusJSON(r))
+	}
+	printStatus(e.Stdout, r)
+	return nil
+}
+
+// Status is `status -o json`: stable snake_case fields.
+type Status struct {
+	*store.Rollout
+	Done int `json:"done"`
+}
+
+func statusJSON(r *store.Rollout) Status { return Status{Rollout: r, Done: done(r.Counts)} }
+
+func done(c map[string]int) int {
+	n := 0
+	for st, v := range c {
+		if store.Terminal(st) {
+			n += v
+		}
+	}
+	return n
+}
+
+func finished(state string) bool {
+	return state == store.RolloutCompleted || state == store.RolloutCancelled
+}
+
+// watch prints a progress line every interval until the rollout ends.
+func watch(ctx context.Context, e *Env, st *store.Store, id string, print bool, every time.Duration) (*store.Rollout, error) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last := ""
+	for {
+		r, err := st.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if line := progressLine(r); print && line != last {
+			fmt.Fprintln(e.Stdout, line)
+			last = line
+		}
+		if finished(r.State) {
+			if print {
+				fmt.Fprintln(e.Stdout)
+				printStatus(e.Stdout, r)
+			}
+			return r, nil
+		}
+		select {
+		case <-ctx.Done():
+			return r, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func progressLine(r *store.Rollout) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s  %-9s %d/%d done", time.Now().Format("15:04:05"), r.State, done(r.Counts), r.Total)
+	for _, s := range store.CVMStates {
+		if n := r.Counts[s]; n > 0 {
+			fmt.Fprintf(&b, "  %s=%d", s, n)
+		}
+	}
+	if r.Reason != "" {
+		fmt.Fprintf(&b, "  (%s)", r.Reason)
+	}
+	return b.String()
+}
+
+func printStatus(w io.Writer, r *store.Rollout) {
+	fmt.Fprintf(w, "Rollout:  %s\nName:     %s\nState:    %s\n", r.ID, r.Name, r.State)
+	if r.Reason != "" {
+		fmt.Fprintf(w, "Reason:   %s\n", r.Reason)
+	}
+	fmt.Fprintf(w, "Created:  %s by %s\n", r.CreatedAt.Local().Format(time.RFC3339), r.CreatedBy)
+	fmt.Fprintf(w, "Progress: %d/%d CVMs done\n\n", done(r.Counts), r.Total)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "STAGE\t")
+	for _, s := range store.CVMStates {
+		fmt.Fprintf(tw, "%s\t", strings.ToUpper(s))
+	}
+	fmt.Fprintln(tw)
+	if len(r.Stages) > 1 {
+		for _, s := range r.Stages {
+			mark := ""
+			if s.Index == r.Stage && !finished(r.State) {
+				mark = "*"
+			}
+			fmt.Fprintf(tw, "%s%d %s\t", mark, s.Index+1, s.Name)
+			for _, st := range store.CVMStates {
+				fmt.Fprintf(tw, "%d\t", s.Counts[st])
+			}
+			fmt.Fprintln(tw)
+		}
+	}
+	fmt.Fprint(tw, "total\t")
+	for _, s := range store.CVMStates {
+		fmt.Fprintf(tw, "%d\t", r.Counts[s])
+	}
+	fmt.Fprintln(tw)
+	tw.Flush()
+}
+
+func runList(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("list", flag.ContinueOnError)
+	out := fs.String("o", "table", "output: table or json")
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := checkFormat(*out, "table", "json"); err != nil {
+		return err
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	rs, err := store.New(rdb).List(ctx)
+	if err != nil {
+		return err
+	}
+	if *out == "json" {
+		l := make([]Status, len(rs))
+		for i, r := range rs {
+			l[i] = statusJSON(r)
+		}
+		return writeJSON(e.Stdout, map[string]any{"rollouts": l})
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tDONE\tFAILED\tCREATED\tBY")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\t%s\n", r.ID, r.State, done(r.Counts), r.Total, r.Counts[store.Failed],
+			r.CreatedAt.Local().Format(time.RFC3339), r.CreatedBy)
+	}
+	return tw.Flush()
+}
+
+func runReport(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	out := fs.String("o", "table", "output: csv, json or table")
+	state := fs.String("state", "", "only rows in this state (e.g. failed)")
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	id, err := oneID(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := checkFormat(*out, "csv", "json", "table"); err != nil {
+		return err
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	st := store.New(rdb)
+	if _, err := st.Get(ctx, id); err != nil {
+		return err
+	}
+	return writeReport(ctx, e.Stdout, st, id, *out, *state)
+}
+
+var reportHeader = []string{"cvm_id", "name", "stage", "state", "reason", "attempts", "previous_kms_urls", "previous_gateway_urls",
+	"applied_kms_urls", "applied_gateway_urls", "http_status", "started_at", "finished_at", "worker"}
+
+func writeReport(ctx context.Context, w io.Writer, st *store.Store, id, format, only string) error {
+	keep := func(r store.CVMRecord) bool { return only == "" || r.State == only }
+	switch format {
+	case "json":
+		var rows []store.CVMRecord
+		if err := st.Records(ctx, id, func(r store.CVMRecord) error {
+			if keep(r) {
+				rows = append(rows, r)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		return writeJSON(w, map[string]any{"rollout": id, "cvms": rows})
+	case "csv":
+		cw := csv.NewWriter(w)
+		cw.Write(reportHeader)
+		err := st.Records(ctx, id, func(r store.CVMRecord) error {
+			if keep(r) {
+				return cw.Write(reportRow(r))
+			}
+			return nil
+		})
+		cw.Flush()
+		if err != nil {
+			return err
+		}
+		return cw.Error()
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CVM\tNAME\tSTATE\tATTEMPTS\tPREVIOUS KMS\tAPPLIED KMS\tREASON")
+	err := st.Records(ctx, id, func(r store.CVMRecord) error {
+		if keep(r) {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.CVMID, r.Name, r.State, r.Attempts,
+				strings.Join(r.PrevKMS, ","), strings.Join(r.AppliedKMS, ","), r.Reason)
+		}
+		return nil
+	})
+	tw.Flush()
+	return err
+}
+
+func reportRow(r store.CVMRecord) []string {
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	stage := ""
+	if r.Stage >= 0 {
+		stage = strconv.Itoa(r.Stage + 1)
+	}
+	status := ""
+	if r.HTTPStatus != 0 {
+		status = strconv.Itoa(r.HTTPStatus)
+	}
+	return []string{r.CVMID, r.Name, stage, r.State, r.Reason, strconv.Itoa(r.Attempts),
+		strings.Join(r.PrevKMS, " "), strings.Join(r.PrevGW, " "), strings.Join(r.AppliedKMS, " "), strings.Join(r.AppliedGW, " "),
+		status, ts(r.StartedAt), ts(r.FinishedAt), r.Worker}
+}

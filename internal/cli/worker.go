@@ -1,0 +1,37 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/worker"
+)
+
+// RunWorker is `worker` (cmd/worker and `rollout worker`): process tasks
+// until ctx ends (SIGTERM), then drain in-flight ones.
+func RunWorker(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	conc := fs.Int("concurrency", 50, "CVMs processed at once by this worker")
+	drain := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long in-flight CVMs may finish after SIGTERM")
+	version := fs.String("api-version", "", "X-Phala-Version to send")
+	debug := fs.Bool("debug", false, "log every CVM")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := apiClient(e, *version)
+	if err != nil {
+		return err
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	log := logger(e, *debug)
+	log.Info("worker started", "concurrency", *conc)
+	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second})
+	log.Info("worker stopped")
+	return err
+}

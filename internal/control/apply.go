@@ -1,0 +1,120 @@
+// Package control records rollouts and drives them: apply, the controller
+// loop that dispatches stages and finishes rollouts, and the operator's
+// commands (pause, resume, cancel, promote, retry).
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
+	"github.com/redis/go-redis/v9"
+)
+
+// Control ties the store and the queue together.
+type Control struct {
+	Store *store.Store
+	Queue *tasks.Enqueuer
+}
+
+// Applied is what apply did.
+type Applied struct {
+	ID      string `json:"id"`
+	Created bool   `json:"created"` // false: the rollout existed and was continued
+	Queued  int    `json:"queued"`  // tasks newly queued by this call
+	State   string `json:"state"`
+}
+
+// Apply records the plan as a rollout and queues its first stage. Applying
+// the same file again continues the same rollout: nothing is queued twice.
+func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.Time) (Applied, error) {
+	spec, err := json.Marshal(p.File)
+	if err != nil {
+		return Applied{}, err
+	}
+	nr := store.NewRollout{ID: p.ID, Name: p.Name, Spec: string(spec), SpecHash: p.SpecHash, CreatedBy: who,
+		State: store.RolloutRunning, Stages: []string{"all"}}
+	for _, it := range p.Items {
+		c := store.NewCVM{ID: it.CVMID, Name: it.Name, Stage: -1, Reason: it.Reason}
+		switch it.Action {
+		case plan.Patch:
+			c.State, c.Stage, c.Reason = store.Pending, it.Stage, ""
+		case plan.Unchanged:
+			c.State, c.Reason = store.Unchanged, "already at target at plan time"
+		default:
+			c.State = store.Skipped
+		}
+		nr.CVMs = append(nr.CVMs, c)
+	}
+	created, err := c.Store.Create(ctx, nr, now)
+	if err != nil {
+		return Applied{}, fmt.Errorf("recording rollout %s: %w", p.ID, err)
+	}
+	out := Applied{ID: p.ID, Created: created}
+	r, err := c.Store.Get(ctx, p.ID)
+	if err != nil {
+		return out, err
+	}
+	out.State = r.State
+	if r.State == store.RolloutRunning {
+		out.Queued, err = c.Dispatch(ctx, r, p.File)
+	}
+	return out, err
+}
+
+// Spec decodes the rollout file stored with a rollout.
+func Spec(r *store.Rollout) (*plan.File, error) {
+	var f plan.File
+	if err := json.Unmarshal([]byte(r.Spec), &f); err != nil {
+		return nil, fmt.Errorf("rollout %s: stored spec: %w", r.ID, err)
+	}
+	return &f, nil
+}
+
+// Dispatch queues the current stage's pending CVMs (again, harmlessly, if
+// they are queued already) and records the stage as dispatched.
+func (c *Control) Dispatch(ctx context.Context, r *store.Rollout, spec *plan.File) (int, error) {
+	ids, err := c.Store.StageMembers(ctx, r.ID, r.Stage)
+	if err != nil {
+		return 0, err
+	}
+	pending, err := c.pendingOnly(ctx, r.ID, ids)
+	if err != nil {
+		return 0, err
+	}
+	rp := spec.Retry.WithDefaults()
+	gen, _ := strconv.Atoi(r.Fields["gen"])
+	n, err := c.Queue.Enqueue(ctx, r.ID, gen, pending, tasks.EnqueueOptions{MaxAttempts: rp.MaxAttempts, Deadline: rp.Deadline + time.Minute})
+	if err != nil {
+		return n, err
+	}
+	return n, c.Store.SetFields(ctx, r.ID, "dispatched", r.Stage)
+}
+
+// pendingOnly keeps the ids whose record is still pending.
+func (c *Control) pendingOnly(ctx context.Context, id string, ids []string) ([]string, error) {
+	rdb := c.Store.Redis()
+	out := make([]string, 0, len(ids))
+	for start := 0; start < len(ids); start += 1000 {
+		part := ids[start:min(start+1000, len(ids))]
+		pipe := rdb.Pipeline()
+		cmds := make([]*redis.StringCmd, len(part))
+		for i, cvm := range part {
+			cmds[i] = pipe.HGet(ctx, store.CVMKey(id, cvm), "state")
+		}
+		if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+			return nil, err
+		}
+		for i, cmd := range cmds {
+			if cmd.Val() == store.Pending {
+				out = append(out, part[i])
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,157 @@
+package plan
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+
+	"github.com/phalafleet/rollout/internal/api"
+	"golang.org/x/sync/errgroup"
+)
+
+// Action is what a rollout will do to one CVM.
+type Action string
+
+const (
+	Patch     Action = "patch"
+	Unchanged Action = "unchanged" // already at target: no PATCH
+	Skip      Action = "skip"      // not patchable; Reason says why
+)
+
+// Item is one selected CVM in a plan.
+type Item struct {
+	CVMID   string   `json:"cvm_id"`
+	Name    string   `json:"name"`
+	Node    string   `json:"node"`
+	Region  string   `json:"region"`
+	Status  string   `json:"status"`
+	VMM     string   `json:"vmm_version"`
+	Action  Action   `json:"action"`
+	Reason  string   `json:"reason,omitempty"`
+	KMS     []string `json:"current_kms_urls,omitempty"`
+	Gateway []string `json:"current_gateway_urls,omitempty"`
+	Stage   int      `json:"stage"`
+}
+
+// Plan is what applying a rollout file would do, CVM by CVM.
+type Plan struct {
+	ID       string         `json:"id"` // rollout id: name plus a hash of the file
+	Name     string         `json:"name"`
+	SpecHash string         `json:"spec_hash"`
+	Items    []Item         `json:"items"`
+	Counts   map[Action]int `json:"counts"`
+	File     *File          `json:"-"`
+}
+
+// Reader is the part of the API a plan reads.
+type Reader interface {
+	ListCVMs(ctx context.Context) ([]api.CVM, error)
+	GetNetworkConfig(ctx context.Context, id string) (*api.NetworkConfig, error)
+}
+
+// DefaultReadConcurrency bounds parallel network-config reads.
+const DefaultReadConcurrency = 32
+
+// Build resolves f's selector against the API and reads the current network
+// config of every selected, patchable CVM (at most concurrency reads at once).
+func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, error) {
+	if concurrency <= 0 {
+		concurrency = DefaultReadConcurrency
+	}
+	cvms, err := r.ListCVMs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing CVMs: %w", err)
+	}
+	p := &Plan{Name: f.Name, File: f, Counts: map[Action]int{}}
+	p.SpecHash = f.Hash()
+	p.ID = f.Name + "-" + p.SpecHash[:8]
+
+	seen := map[string]bool{}
+	for i := range cvms {
+		c := &cvms[i]
+		if seen[c.ID] || !f.Selector.Matches(c) {
+			continue
+		}
+		seen[c.ID] = true
+		it := Item{CVMID: c.ID, Name: c.Name, Node: c.NodeName(), Region: c.NodeRegion(), Status: c.Status, VMM: c.VMMVersion(), Action: Patch}
+		if ok, reason := api.VMMGate(it.VMM); !ok {
+			it.Action, it.Reason = Skip, reason
+		}
+		p.Items = append(p.Items, it)
+	}
+	// Ids asked for by name that the workspace does not have.
+	for _, id := range f.Selector.IDs {
+		if !seen[id.V] && !contains(f.Selector.ExcludeIDs, id.V) {
+			seen[id.V] = true
+			p.Items = append(p.Items, Item{CVMID: id.V, Action: Skip, Reason: "CVM not found"})
+		}
+	}
+	sort.Slice(p.Items, func(i, j int) bool { return p.Items[i].CVMID < p.Items[j].CVMID })
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(concurrency)
+	for i := range p.Items {
+		it := &p.Items[i]
+		if it.Action != Patch {
+			continue
+		}
+		g.Go(func() error {
+			nc, err := r.GetNetworkConfig(gctx, it.CVMID)
+			switch {
+			case api.StatusOf(err) == 404:
+				it.Action, it.Reason = Skip, "CVM not found"
+			case err != nil && gctx.Err() != nil:
+				return gctx.Err()
+			case err != nil:
+				// The worker reads it again before patching; one unreadable
+				// config must not fail the whole plan.
+				it.Reason = "current config unreadable: " + err.Error()
+			default:
+				it.KMS, it.Gateway = nc.KMSURLs, nc.GatewayURLs
+				if _, changed := f.Target.Diff(nc); !changed {
+					it.Action = Unchanged
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for _, it := range p.Items {
+		p.Counts[it.Action]++
+	}
+	return p, nil
+}
+
+// Hash is a stable digest of the file's meaning (not its formatting), so the
+// same rollout file always yields the same rollout id.
+func (f *File) Hash() string {
+	b, _ := json.Marshal(f)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Diff returns the PATCH body that moves cur to the target, with only the
+// lists that differ set, and whether anything differs.
+func (t Target) Diff(cur *api.NetworkConfig) (api.NetworkConfigUpdate, bool) {
+	var upd api.NetworkConfigUpdate
+	if k := t.KMS(); k != nil && !slices.Equal(k, cur.KMSURLs) {
+		upd.KMSURLs = &k
+	}
+	if g := t.Gateway(); g != nil && !slices.Equal(g, cur.GatewayURLs) {
+		upd.GatewayURLs = &g
+	}
+	upd.Restart = t.Restart
+	return upd, upd.KMSURLs != nil || upd.GatewayURLs != nil
+}
+
+// Reached reports whether cur already holds every list the target sets.
+func (t Target) Reached(cur *api.NetworkConfig) bool {
+	_, changed := t.Diff(cur)
+	return !changed
+}

@@ -1,0 +1,250 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/store"
+)
+
+// API is the part of the Phala client a worker uses.
+type API interface {
+	GetCVM(ctx context.Context, id string) (*api.CVM, error)
+	GetNetworkConfig(ctx context.Context, id string) (*api.NetworkConfig, error)
+	PatchNetworkConfig(ctx context.Context, id string, upd api.NetworkConfigUpdate) (*api.NetworkConfig, error)
+}
+
+// Limiter paces API calls across every worker of a rollout. Acquire returns
+// a release func when the call may go now, or how long to wait otherwise.
+type Limiter interface {
+	Acquire(ctx context.Context, rollout string, spec *plan.File) (wait time.Duration, release func(), err error)
+	// Feedback tells the limiter how the API answered (throttled: 429/503).
+	Feedback(ctx context.Context, rollout string, throttled bool)
+}
+
+// Gate decides whether a rollout may start a CVM now (schedule windows).
+// It returns 0 to go, or how long to wait.
+type Gate func(spec *plan.File, now time.Time) (wait time.Duration, reason string)
+
+// Handler processes TypeCVM tasks.
+type Handler struct {
+	Store   *store.Store
+	API     API
+	Worker  string  // recorded on each CVM: host/pid
+	Limiter Limiter // nil: no pacing
+	Gate    Gate    // nil: always open
+	Log     *slog.Logger
+	// PausedRecheck is how often a task of a paused or scheduled rollout
+	// looks again (default 5s).
+	PausedRecheck time.Duration
+
+	specs sync.Map // rollout id -> *plan.File; a rollout's spec never changes
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	var p Payload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil || p.Rollout == "" || p.CVM == "" {
+		return fmt.Errorf("bad payload %q: %w", t.Payload(), asynq.SkipRetry)
+	}
+	spec, err := h.spec(ctx, p.Rollout)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // the rollout was deleted: nothing to record
+	} else if err != nil {
+		return err
+	}
+	if h.Gate != nil {
+		if wait, why := h.Gate(spec, time.Now()); wait > 0 {
+			return &Snooze{After: wait, Reason: why}
+		}
+	}
+	tr, err := h.Store.Move(ctx, p.Rollout, p.CVM, store.Running, store.ModeBegin, time.Now(),
+		"worker", h.Worker, "started_at", now())
+	switch {
+	case err != nil:
+		return err
+	case tr.From == "" || store.Terminal(tr.To):
+		return nil // no record, already finished, or cancelled just now
+	case tr.To != store.Running:
+		return &Snooze{After: h.recheck(), Reason: "rollout " + tr.RolloutState}
+	}
+
+	var release func()
+	if h.Limiter != nil {
+		wait, rel, err := h.Limiter.Acquire(ctx, p.Rollout, spec)
+		if err != nil {
+			return h.requeue(ctx, p, store.ModeSnooze, "rate limiter: "+err.Error(), 0, &Snooze{After: time.Second, Reason: err.Error()})
+		}
+		if wait > 0 {
+			return h.requeue(ctx, p, store.ModeSnooze, "", 0, &Snooze{After: wait, Reason: "rate limit"})
+		}
+		release = rel
+	}
+	res, err := h.apply(ctx, p, spec)
+	if release != nil {
+		release()
+	}
+	if h.Limiter != nil {
+		st := api.StatusOf(err)
+		h.Limiter.Feedback(ctx, p.Rollout, st == 429 || st == 503)
+	}
+	if err == nil {
+		return h.finish(ctx, p, res.state, res.reason, res.fields...)
+	}
+	return h.failed(ctx, p, err)
+}
+
+type result struct {
+	state, reason string
+	fields        []string
+}
+
+// apply is one try of one CVM: gate on the VMM, read, PATCH what differs,
+// verify. Errors are API errors for Classify; a nil error carries the
+// terminal state.
+func (h *Handler) apply(ctx context.Context, p Payload, spec *plan.File) (result, error) {
+	rp := spec.Retry.WithDefaults()
+	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
+	defer cancel()
+	cvm, err := h.API.GetCVM(ctx, p.CVM)
+	if err != nil {
+		return result{}, err
+	}
+	// The fleet changes between plan and apply: gate on the VMM again.
+	if ok, reason := api.VMMGate(cvm.VMMVersion()); !ok {
+		return result{state: store.Skipped, reason: reason}, nil
+	}
+	cur, err := h.API.GetNetworkConfig(ctx, p.CVM)
+	if err != nil {
+		return result{}, err
+	}
+	upd, changed := spec.Target.Diff(cur)
+	if !changed {
+		sent, err := h.Store.PatchSent(ctx, p.Rollout, p.CVM)
+		if err != nil {
+			return result{}, err
+		}
+		if sent { // an earlier try's PATCH landed but was not recorded
+			return result{state: store.Succeeded, reason: "applied by an earlier attempt",
+				fields: []string{"applied_kms", store.JSONList(cur.KMSURLs), "applied_gw", store.JSONList(cur.GatewayURLs), "patched", "1"}}, nil
+		}
+		return result{state: store.Unchanged, reason: "already at target"}, nil
+	}
+	if err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs); err != nil {
+		return result{}, err
+	}
+	got, err := h.API.PatchNetworkConfig(ctx, p.CVM, upd)
+	if err != nil {
+		return result{}, err
+	}
+	if !spec.Target.Reached(got) {
+		return result{}, fmt.Errorf("PATCH answered 200 but the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)
+	}
+	return result{state: store.Succeeded, fields: []string{"applied_kms", store.JSONList(got.KMSURLs),
+		"applied_gw", store.JSONList(got.GatewayURLs), "patched", "1", "http_status", "200"}}, nil
+}
+
+// failed records an error from apply as Classify decides and tells asynq
+// what to do: nil (recorded, done), a Snooze, or the error to retry.
+func (h *Handler) failed(ctx context.Context, p Payload, err error) error {
+	d := Classify(err)
+	status := strconv.Itoa(d.HTTP)
+	switch d.Kind {
+	case Done:
+		return h.finish(ctx, p, d.State, d.Reason, "http_status", status)
+	case Throttle:
+		return h.requeue(ctx, p, store.ModeSnooze, d.Reason, d.HTTP, &Snooze{After: d.After, Reason: d.Reason})
+	}
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	if retried >= maxRetry {
+		return h.finish(ctx, p, store.Failed, fmt.Sprintf("%s (after %d attempts)", d.Reason, retried+1), "http_status", status)
+	}
+	var rerr error = err
+	if d.After > 0 {
+		rerr = &retryAfter{err: err, after: d.After}
+	}
+	return h.requeue(ctx, p, store.ModeRequeue, d.Reason, d.HTTP, rerr)
+}
+
+func (h *Handler) finish(ctx context.Context, p Payload, state, reason string, fields ...string) error {
+	fields = append(fields, "reason", reason, "finished_at", now())
+	tr, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, state, store.ModeFinish, time.Now(), fields...)
+	if err != nil {
+		return err
+	}
+	if tr.Tripped != "" {
+		h.log().Warn("failure budget tripped", "rollout", p.Rollout, "cvm", p.CVM, "action", tr.Tripped)
+	}
+	h.log().Debug("cvm finished", "rollout", p.Rollout, "cvm", p.CVM, "state", state, "reason", reason)
+	return nil
+}
+
+// requeue puts a running CVM back to pending and returns ret for asynq.
+func (h *Handler) requeue(ctx context.Context, p Payload, mode, reason string, status int, ret error) error {
+	fields := []string{}
+	if reason != "" {
+		fields = append(fields, "reason", reason)
+	}
+	if status != 0 {
+		fields = append(fields, "http_status", strconv.Itoa(status))
+	}
+	if _, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, store.Pending, mode, time.Now(), fields...); err != nil {
+		return err
+	}
+	return ret
+}
+
+func (h *Handler) spec(ctx context.Context, id string) (*plan.File, error) {
+	if f, ok := h.specs.Load(id); ok {
+		return f.(*plan.File), nil
+	}
+	raw, err := h.Store.Redis().HGet(ctx, store.RolloutKey(id), "spec").Result()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", store.ErrNotFound, id)
+	}
+	var f plan.File
+	if err := json.Unmarshal([]byte(raw), &f); err != nil {
+		return nil, fmt.Errorf("rollout %s: stored spec: %w", id, err)
+	}
+	h.specs.Store(id, &f)
+	return &f, nil
+}
+
+func (h *Handler) recheck() time.Duration {
+	if h.PausedRecheck > 0 {
+		return h.PausedRecheck
+	}
+	return 5 * time.Second
+}
+
+func (h *Handler) log() *slog.Logger {
+	if h.Log != nil {
+		return h.Log
+	}
+	return slog.Default()
+}
+
+func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }
+
+// RetryDelay is the worker's asynq RetryDelayFunc: the rollout's own
+// backoff policy, or what a Snooze or Retry-After asks for.
+func (h *Handler) RetryDelay(n int, err error, t *asynq.Task) time.Duration {
+	backoff := plan.Backoff{Base: plan.DefaultBackoffBase, Max: plan.DefaultBackoffMax}
+	var p Payload
+	if json.Unmarshal(t.Payload(), &p) == nil {
+		if f, ok := h.specs.Load(p.Rollout); ok {
+			backoff = f.(*plan.File).Retry.WithDefaults().Backoff
+		}
+	}
+	return RetryDelay(n, err, backoff.Delay)
+}

@@ -1,0 +1,103 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/api"
+)
+
+// Kind is what the queue does after an attempt.
+type Kind int
+
+const (
+	Done     Kind = iota // terminal: record State
+	Retry                // a failed attempt; retry with backoff while attempts remain
+	Throttle             // the API asked us to slow down; wait, not a failed attempt
+)
+
+// Decision is the outcome of one API error for the queue.
+type Decision struct {
+	Kind   Kind
+	State  string        // for Done: failed or skipped
+	Reason string        // what the report shows
+	After  time.Duration // for Throttle (and a Retry that carries Retry-After)
+	HTTP   int
+}
+
+// Classify maps an API error from the GET or PATCH of one CVM to what the
+// queue does. It is the only place that decides this:
+//
+//	400 naming the VMM        skipped (VMM too old), never retried
+//	400, 403, 404, 422        failed, never retried (the answer will not change)
+//	401                       failed, never retried (the key is wrong)
+//	429                       throttled: wait Retry-After (default 1s), not an attempt
+//	409, 5xx, network, timeout retry with backoff (503/409 honour Retry-After)
+func Classify(err error) Decision {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		d := Decision{HTTP: ae.StatusCode, Reason: ae.Error()}
+		switch s := ae.StatusCode; {
+		case s == http.StatusTooManyRequests:
+			d.Kind, d.After = Throttle, ae.RetryAfter
+			if d.After <= 0 {
+				d.After = time.Second
+			}
+		case s == http.StatusBadRequest && strings.Contains(strings.ToLower(ae.Message), "vmm"):
+			d.Kind, d.State = Done, "skipped"
+		case s == http.StatusConflict, s >= 500:
+			d.Kind, d.After = Retry, ae.RetryAfter
+		default: // 400, 401, 403, 404, 422 and any other 4xx
+			d.Kind, d.State = Done, "failed"
+		}
+		return d
+	}
+	if errors.Is(err, context.Canceled) {
+		// The worker is shutting down: not the CVM's fault.
+		return Decision{Kind: Throttle, After: time.Second, Reason: "worker shutting down"}
+	}
+	return Decision{Kind: Retry, Reason: err.Error()}
+}
+
+// Snooze is returned to asynq to re-run a task later without counting a
+// failed attempt (rollout paused, outside a window, throttled).
+type Snooze struct {
+	After  time.Duration
+	Reason string
+}
+
+func (s *Snooze) Error() string { return fmt.Sprintf("snoozed %s: %s", s.After, s.Reason) }
+
+// IsFailure tells asynq whether err counts against a task's retries.
+func IsFailure(err error) bool {
+	var s *Snooze
+	return !errors.As(err, &s)
+}
+
+// RetryDelay is asynq's RetryDelayFunc: a snooze waits what it says; a
+// failed attempt backs off exponentially with jitter, honouring a
+// Retry-After the API sent.
+func RetryDelay(n int, err error, backoff func(n int) time.Duration) time.Duration {
+	var s *Snooze
+	if errors.As(err, &s) {
+		return max(s.After, time.Second)
+	}
+	var ra *retryAfter
+	if errors.As(err, &ra) && ra.after > 0 {
+		return ra.after
+	}
+	return backoff(n)
+}
+
+// retryAfter carries an API's Retry-After on a counted retry.
+type retryAfter struct {
+	err   error
+	after time.Duration
+}
+
+func (r *retryAfter) Error() string { return r.err.Error() }
+func (r *retryAfter) Unwrap() error { return r.err }

@@ -1,0 +1,103 @@
+// Package worker runs the asynq server that processes rollout tasks, plus
+// the controller loop, until its context ends, then drains.
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/phalafleet/rollout/internal/control"
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
+	"github.com/redis/go-redis/v9"
+)
+
+// Config configures a worker process.
+type Config struct {
+	Concurrency int
+	// ShutdownTimeout is how long in-flight tasks may run after SIGTERM;
+	// keep it above one CVM's attempt so a drain never cuts a PATCH short.
+	ShutdownTimeout time.Duration
+	API             tasks.API
+	Limiter         tasks.Limiter
+	Gate            tasks.Gate
+	Name            string // host/pid by default
+	Log             *slog.Logger
+	// ControllerInterval is how often the controller looks at rollouts.
+	ControllerInterval time.Duration
+	// NoController runs tasks only.
+	NoController bool
+}
+
+// DefaultShutdownTimeout is above the default per-call timeout (30s).
+const DefaultShutdownTimeout = 45 * time.Second
+
+// Run processes tasks until ctx is done, then stops taking new ones and
+// waits for in-flight ones up to ShutdownTimeout.
+func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 50
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.Name == "" {
+		host, _ := os.Hostname()
+		cfg.Name = fmt.Sprintf("%s/%d", host, os.Getpid())
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.ControllerInterval <= 0 {
+		cfg.ControllerInterval = time.Second
+	}
+	st := store.New(rdb)
+	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Limiter: cfg.Limiter, Gate: cfg.Gate, Log: cfg.Log}
+	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:              cfg.Concurrency,
+		Queues:                   map[string]int{tasks.Queue: 1},
+		IsFailure:                tasks.IsFailure,
+		RetryDelayFunc:           h.RetryDelay,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		DelayedTaskCheckInterval: time.Second,
+		TaskCheckInterval:        200 * time.Millisecond,
+		// Task contexts must outlive SIGTERM so in-flight PATCHes finish.
+		BaseContext: func() context.Context { return context.WithoutCancel(ctx) },
+		LogLevel:    asynq.WarnLevel,
+		Logger:      asynqLogger{cfg.Log},
+	})
+	mux := asynq.NewServeMux()
+	mux.Handle(tasks.TypeCVM, h)
+	if err := srv.Start(mux); err != nil {
+		return fmt.Errorf("starting worker: %w", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if cfg.NoController {
+			return
+		}
+		ctl := &control.Controller{Control: &control.Control{Store: st, Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}},
+			Owner: cfg.Name, Log: cfg.Log}
+		ctl.Run(cctx, cfg.ControllerInterval)
+	}()
+	<-ctx.Done()
+	cancel()
+	<-done
+	srv.Stop()
+	srv.Shutdown()
+	return nil
+}
+
+type asynqLogger struct{ l *slog.Logger }
+
+func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...)) }
+func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...)) }
+func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...)) }
+func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...)) }
+func (a asynqLogger) Fatal(args ...any) { a.l.Error(fmt.Sprint(args...)); os.Exit(1) }
