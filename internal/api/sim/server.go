@@ -283,24 +283,26 @@ func (s *Server) listPaginated(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": errs})
 		return
 	}
-	s.mu.RLock()
+	s.mu.Lock() // info() may settle a finished restart
 	total := len(s.order)
 	pages := (total + pageSize - 1) / pageSize
 	items := []map[string]any{}
-	for i := (page - 1) * pageSize; i < min(total, page*pageSize); i++ {
-		items = append(items, s.order[i].info())
+	if page <= pages { // also keeps (page-1)*pageSize from overflowing on a huge page
+		for i := (page - 1) * pageSize; i < min(total, page*pageSize); i++ {
+			items = append(items, s.order[i].info())
+		}
 	}
-	s.mu.RUnlock()
+	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]any{"items": items, "total": total, "page": page, "page_size": pageSize, "pages": pages})
 }
 
 func (s *Server) listAll(w http.ResponseWriter, r *http.Request) {
-	s.mu.RLock()
+	s.mu.Lock() // info() may settle a finished restart
 	items := make([]map[string]any, 0, len(s.order))
 	for _, c := range s.order {
 		items = append(items, c.info())
 	}
-	s.mu.RUnlock()
+	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, items)
 }
 
