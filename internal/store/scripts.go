@@ -20,11 +20,13 @@ import "github.com/redis/go-redis/v9"
 //
 // A transition the mode does not allow changes nothing (at-least-once
 // delivery makes repeats normal). attempts counts finished attempts: each
-// requeue, and the finish of a running CVM. After a failed or succeeded CVM it judges
+// requeue, the finish of a running CVM, and a begin that finds the CVM
+// still running (its last try died). After a failed or succeeded CVM it judges
 // the failure budget: more than budget_max_failed failures once at least
 // budget_min_executed CVMs were executed pauses (or cancels) the rollout.
 //
-// Returns {rollout state before, CVM state before, CVM state after, tripped action}.
+// Returns {rollout state before, CVM state before, CVM state after, tripped
+// action, attempts after}.
 var transitionScript = redis.NewScript(`
 local old = redis.call('HGET', KEYS[2], 'state')
 local rstate = redis.call('HGET', KEYS[1], 'state') or ''
@@ -56,9 +58,12 @@ if old ~= new then
 end
 redis.call('HSET', KEYS[2], 'state', new)
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-if mode == 'requeue' or (mode == 'finish' and old == 'running') then
+if mode == 'requeue' or (mode == 'finish' and old == 'running') or (mode == 'begin' and old == 'running') then
+  -- begin from running: the previous try died mid-way (a killed worker);
+  -- it may have sent its PATCH, so it counts.
   redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 end
+local attempts = redis.call('HGET', KEYS[2], 'attempts') or '0'
 if new == 'cancelled' and mode == 'begin' then
   redis.call('HSET', KEYS[2], 'reason', 'rollout cancelled before this CVM started', 'finished_at', ARGV[3])
 end
@@ -78,7 +83,7 @@ if (new == 'failed' or new == 'succeeded') and rstate == 'running' then
     end
   end
 end
-return {rstate, old, new, tripped}
+return {rstate, old, new, tripped, attempts}
 `)
 
 // setStateScript changes a rollout's state only from one of the allowed

@@ -225,6 +225,7 @@ type Transition struct {
 	RolloutState string // before the change
 	From, To     string // CVM state before and after ("" From: no such record)
 	Tripped      string // "paused" or "cancelled" when this change tripped the failure budget
+	Attempts     int    // finished attempts of the CVM after the change
 }
 
 // Changed reports whether the CVM's state changed.
@@ -251,7 +252,11 @@ func (s *Store) Move(ctx context.Context, id, cvm, to, mode string, now time.Tim
 	if err != nil {
 		return Transition{}, err
 	}
-	return Transition{RolloutState: res[0], From: res[1], To: res[2], Tripped: res[3]}, nil
+	t := Transition{RolloutState: res[0], From: res[1], To: res[2], Tripped: res[3]}
+	if len(res) > 4 {
+		t.Attempts, _ = strconv.Atoi(res[4])
+	}
+	return t, nil
 }
 
 // SetState changes the rollout's state if it is in one of from. It returns

@@ -89,6 +89,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		release = rel
 	}
+	attempt := tr.Attempts + 1 // this try, counting the ones before it
 	res, err := h.apply(ctx, p, spec)
 	if release != nil {
 		release()
@@ -100,7 +101,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err == nil {
 		return h.finish(ctx, p, res.state, res.reason, res.fields...)
 	}
-	return h.failed(ctx, p, err)
+	return h.failed(ctx, p, err, attempt, spec.Retry.WithDefaults().MaxAttempts)
 }
 
 type result struct {
@@ -155,7 +156,12 @@ func (h *Handler) apply(ctx context.Context, p Payload, spec *plan.File) (result
 
 // failed records an error from apply as Classify decides and tells asynq
 // what to do: nil (recorded, done), a Snooze, or the error to retry.
-func (h *Handler) failed(ctx context.Context, p Payload, err error) error {
+//
+// Attempts are counted in the CVM's record, not by asynq: asynq archives a
+// task whose retry count is used up even when the error is not a failure,
+// so a throttled last try would be lost. asynq's MaxRetry is only a
+// backstop (see SafetyMaxRetry).
+func (h *Handler) failed(ctx context.Context, p Payload, err error, attempt, maxAttempts int) error {
 	d := Classify(err)
 	status := strconv.Itoa(d.HTTP)
 	switch d.Kind {
@@ -164,10 +170,8 @@ func (h *Handler) failed(ctx context.Context, p Payload, err error) error {
 	case Throttle:
 		return h.requeue(ctx, p, store.ModeSnooze, d.Reason, d.HTTP, &Snooze{After: d.After, Reason: d.Reason})
 	}
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	if retried >= maxRetry {
-		return h.finish(ctx, p, store.Failed, fmt.Sprintf("%s (after %d attempts)", d.Reason, retried+1), "http_status", status)
+	if attempt >= maxAttempts {
+		return h.finish(ctx, p, store.Failed, fmt.Sprintf("%s (after %d attempts)", d.Reason, attempt), "http_status", status)
 	}
 	var rerr error = err
 	if d.After > 0 {

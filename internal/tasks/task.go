@@ -39,6 +39,12 @@ func TaskID(p Payload) string {
 	return id
 }
 
+// SafetyMaxRetry is added to a task's asynq MaxRetry. The handler counts
+// attempts itself and records a CVM failed when they are used up; asynq's
+// own count also grows on store errors and killed workers, and must not
+// archive a task before the handler has recorded its CVM.
+const SafetyMaxRetry = 20
+
 // EnqueueOptions are the per-task options a rollout's spec decides.
 type EnqueueOptions struct {
 	MaxAttempts int           // total tries of one CVM (asynq MaxRetry+1)
@@ -72,7 +78,7 @@ func (e *Enqueuer) Enqueue(ctx context.Context, rollout string, gen int, ids []s
 		g.Go(func() error {
 			p := Payload{Rollout: rollout, CVM: id, Gen: gen}
 			b, _ := json.Marshal(p)
-			opts := []asynq.Option{asynq.Queue(Queue), asynq.TaskID(TaskID(p)), asynq.MaxRetry(o.MaxAttempts - 1), asynq.Timeout(o.Deadline)}
+			opts := []asynq.Option{asynq.Queue(Queue), asynq.TaskID(TaskID(p)), asynq.MaxRetry(o.MaxAttempts + SafetyMaxRetry), asynq.Timeout(o.Deadline)}
 			if !o.ProcessAt.IsZero() {
 				opts = append(opts, asynq.ProcessAt(o.ProcessAt))
 			}
