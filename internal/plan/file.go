@@ -10,7 +10,9 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +27,14 @@ type File struct {
 	Selector Selector `yaml:"selector" json:"selector"`
 	Target   Target   `yaml:"target" json:"target"`
 	Retry    Retry    `yaml:"retry" json:"retry"`
+	Rate     Rate     `yaml:"rate" json:"rate"`
+
+	// Stages split the CVMs to patch into waves; Bake is the default wait
+	// after a stage before the next starts.
+	Stages        []StageSpec    `yaml:"stages" json:"stages,omitempty"`
+	Bake          time.Duration  `yaml:"bake" json:"bake,omitempty"`
+	FailureBudget *FailureBudget `yaml:"failure_budget" json:"failure_budget,omitempty"`
+	Schedule      *Schedule      `yaml:"schedule" json:"schedule,omitempty"`
 
 	// Path is where the file was read from (for error lines); not YAML.
 	Path string `yaml:"-" json:"-"`
@@ -164,10 +174,12 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	// One line, whatever a message quotes from the file.
+	msg := strings.NewReplacer("\r", `\r`, "\n", `\n`).Replace(e.Msg)
 	if e.Line > 0 {
-		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg)
+		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, msg)
 	}
-	return fmt.Sprintf("%s: %s", e.Path, e.Msg)
+	return fmt.Sprintf("%s: %s", e.Path, msg)
 }
 
 type lineError struct {
@@ -186,64 +198,262 @@ func Load(path string) (*File, error) {
 	return Parse(path, b)
 }
 
-var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+var yamlLine = regexp.MustCompile(`(?s)^(?:yaml: )?line (\d+): (.*)$`)
 
 // Parse decodes and validates a rollout file's bytes. Unknown keys, wrong
 // types and invalid values are errors naming the file and line.
 func Parse(path string, data []byte) (*File, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, toFileError(path, err)
+	var root, next yaml.Node
+	docs := yaml.NewDecoder(bytes.NewReader(data))
+	if err := docs.Decode(&root); err != nil && err != io.EOF {
+		return nil, toFileError(path, data, nil, err)
 	}
 	if len(root.Content) == 0 {
 		return nil, &Error{Path: path, Msg: "the file is empty"}
 	}
-	if root.Content[0].Kind != yaml.MappingNode {
-		return nil, &Error{Path: path, Line: root.Content[0].Line, Msg: "a rollout file is a mapping of keys (name, selector, target, ...)"}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		return nil, &Error{Path: path, Line: doc.Line, Msg: "a rollout file is a mapping of keys (name, selector, target, ...)"}
 	}
-	if err := checkDuplicateKeys(root.Content[0]); err != nil {
-		return nil, toFileError(path, err)
+	// yaml.v3 reads one document; a second one would be silently ignored.
+	switch err := docs.Decode(&next); {
+	case err == io.EOF:
+	case err != nil:
+		return nil, toFileError(path, data, nil, err)
+	case len(next.Content) > 0 && next.Content[0].ShortTag() != "!!null":
+		return nil, &Error{Path: path, Line: next.Line, Msg: "a second YAML document (---): a rollout file is one document"}
 	}
+	if err := checkDuplicateKeys(doc); err != nil {
+		return nil, toFileError(path, data, doc, err)
+	}
+	// Checks yaml.v3 does not make; reported with the decode errors below,
+	// whichever comes first in the file.
+	treeErr := checkTree(doc, reflect.TypeFor[File](), "")
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var f File
 	if err := dec.Decode(&f); err != nil && err != io.EOF {
-		return nil, toFileError(path, err)
+		e := toFileError(path, data, doc, err).(*Error)
+		if treeErr != nil && (e.Line == 0 || treeErr.line <= e.Line) {
+			return nil, toFileError(path, data, doc, treeErr)
+		}
+		return nil, e
+	}
+	if treeErr != nil {
+		return nil, toFileError(path, data, doc, treeErr)
 	}
 	f.Path = path
-	if err := f.validate(root.Content[0]); err != nil {
-		return nil, toFileError(path, err)
+	if err := f.validate(doc); err != nil {
+		return nil, toFileError(path, data, doc, err)
 	}
 	return &f, nil
+}
+
+var (
+	strType         = reflect.TypeFor[Str]()
+	unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+)
+
+// hasOwnYAML reports whether t decodes itself (Str, a stage, a window, ...).
+func hasOwnYAML(t reflect.Type) bool {
+	return t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType)
+}
+
+func derefPointer(t reflect.Type) reflect.Type {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t
+}
+
+// checkTree walks the document along the File type and rejects what
+// yaml.v3 would let through silently:
+//   - a null list item (`- ` or `[~]`), which yaml.v3 drops: `kms_urls: [~]`
+//     would become [] and reset the list;
+//   - a list key with no value (`kms_urls:`), which reads as "omitted";
+//   - anything but true/false for a boolean: yaml.v3 takes yes/no/on/off,
+//     even quoted, for a bool field.
+//
+// Wrong kinds (a list where a mapping belongs) are left to the decoder.
+func checkTree(n *yaml.Node, t reflect.Type, path string) *lineError {
+	t = derefPointer(t)
+	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct || hasOwnYAML(t) {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		f, ok := fieldByKey(t, k.Value)
+		if !ok {
+			continue // the decoder reports unknown keys
+		}
+		key := joinKey(path, k.Value)
+		ft := derefPointer(f.Type)
+		switch {
+		case ft.Kind() == reflect.Bool:
+			if v.Kind == yaml.ScalarNode && v.ShortTag() != "!!bool" {
+				return &lineError{v.Line, fmt.Sprintf("%s: expected true or false, got %s", key, describe(v))}
+			}
+		case ft.Kind() == reflect.Slice:
+			if v.ShortTag() == "!!null" {
+				if f.Type.Kind() == reflect.Pointer {
+					return &lineError{k.Line, fmt.Sprintf("%s has no value: leave the key out to keep the current list, or write [] to reset it to the node default", key)}
+				}
+				return &lineError{k.Line, fmt.Sprintf("%s has no value: write a list ([] for none) or leave the key out", key)}
+			}
+			if v.Kind == yaml.SequenceNode {
+				for _, it := range v.Content {
+					switch {
+					case it.ShortTag() == "!!null":
+						return &lineError{it.Line, fmt.Sprintf("%s has an empty item", key)}
+					case it.Kind != yaml.ScalarNode && ft.Elem() == strType:
+						return &lineError{it.Line, fmt.Sprintf("%s: expected a list of strings, got an item that is %s", key, describe(it))}
+					}
+				}
+			}
+		default:
+			if err := checkTree(v, ft, key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fieldByKey finds the struct field a YAML key decodes into.
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if name, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); name == key && f.IsExported() {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// knownKeys lists the YAML keys of the struct at a dotted key path of File
+// ("" for the top level), or nil when the path is not a struct.
+func knownKeys(path string) []string {
+	t := reflect.TypeFor[File]()
+	if path != "" {
+		for _, p := range strings.Split(path, ".") {
+			f, ok := fieldByKey(t, p)
+			if !ok {
+				return nil
+			}
+			t = derefPointer(f.Type)
+			for t.Kind() == reflect.Slice {
+				t = derefPointer(t.Elem())
+			}
+		}
+	}
+	if t.Kind() != reflect.Struct || t == strType {
+		return nil
+	}
+	var keys []string
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); name != "" && name != "-" && t.Field(i).IsExported() {
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}
+
+func joinKey(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// walkPairs calls fn for every key/value pair of every mapping under n, in
+// file order, with the dotted path of the mapping holding it.
+func walkPairs(n *yaml.Node, path string, fn func(path string, k, v *yaml.Node) bool) bool {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if !fn(path, k, v) || !walkPairs(v, joinKey(path, k.Value), fn) {
+				return false
+			}
+		}
+	case yaml.SequenceNode:
+		for _, c := range n.Content {
+			if !walkPairs(c, path, fn) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // toFileError turns a yaml or validation error into one "FILE:LINE: msg".
 // yaml.v3 reports several problems at once; the first one is the line a
 // user fixes first.
-func toFileError(path string, err error) error {
+// doc (nil before the document is known) lets a message name the key.
+func toFileError(path string, data []byte, doc *yaml.Node, err error) error {
 	var le *lineError
 	if errors.As(err, &le) {
 		return &Error{Path: path, Line: le.line, Msg: le.msg}
 	}
 	var te *yaml.TypeError
 	msg := err.Error()
-	if errors.As(err, &te) && len(te.Errors) > 0 {
+	typeErr := errors.As(err, &te) && len(te.Errors) > 0
+	if typeErr {
 		msg = te.Errors[0]
 	}
 	msg = strings.TrimPrefix(msg, "yaml: ")
+	line := 0
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		n, _ := strconv.Atoi(m[1])
-		return &Error{Path: path, Line: n, Msg: friendlier(m[2])}
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	return &Error{Path: path, Msg: friendlier(msg)}
+	if typeErr {
+		msg = friendlier(doc, line, msg)
+	} else {
+		// A syntax error: yaml.v3's words, said to be about YAML.
+		msg = "invalid YAML: " + msg
+		if line > 0 && tabIndented(data, line) {
+			msg += " (a tab in the indentation: indent with spaces)"
+		}
+	}
+	return &Error{Path: path, Line: line, Msg: msg}
 }
 
-var notFound = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
-var cannotUnmarshal = regexp.MustCompile("^cannot unmarshal !!(\\w+) `?(.*?)`? into (\\S+)$")
+func tabIndented(data []byte, line int) bool {
+	lines := bytes.Split(data, []byte("\n"))
+	for _, l := range lines[max(0, line-2):min(len(lines), line)] {
+		if i := bytes.IndexFunc(l, func(r rune) bool { return r != ' ' }); i >= 0 && l[i] == '\t' {
+			return true
+		}
+	}
+	return false
+}
 
-func friendlier(msg string) string {
+var notFound = regexp.MustCompile(`(?s)^field (.+) not found in type \S+$`)
+var cannotUnmarshal = regexp.MustCompile("(?s)^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (\\S+)$")
+
+// friendlier rewrites one yaml.v3 type error at line: which key, what was
+// expected, what the file holds (in full: yaml.v3 cuts values short).
+func friendlier(doc *yaml.Node, line int, msg string) string {
 	if m := notFound.FindStringSubmatch(msg); m != nil {
-		return fmt.Sprintf("unknown key %q", m[1])
+		where, known := "", knownKeys("")
+		if doc != nil {
+			known = nil // unless found: a key reached through an alias
+			walkPairs(doc, "", func(path string, k, _ *yaml.Node) bool {
+				if k.Line == line && k.Value == m[1] && !slices.Contains(knownKeys(path), k.Value) {
+					if path != "" {
+						where = " in " + path
+					}
+					known = knownKeys(path)
+					return false
+				}
+				return true
+			})
+		}
+		if len(known) == 0 {
+			return fmt.Sprintf("unknown key %q%s", m[1], where)
+		}
+		return fmt.Sprintf("unknown key %q%s (known keys: %s)", m[1], where, strings.Join(known, ", "))
 	}
 	if m := cannotUnmarshal.FindStringSubmatch(msg); m != nil {
 		want := m[3]
@@ -252,6 +462,8 @@ func friendlier(msg string) string {
 			want = "a list"
 		case want == "bool":
 			want = "true or false"
+		case want == "time.Duration":
+			want = "a duration such as 30s, 5m or 1h30m"
 		case strings.Contains(want, "int"):
 			want = "a whole number"
 		case want == "string" || strings.HasSuffix(want, ".Str"):
@@ -259,9 +471,55 @@ func friendlier(msg string) string {
 		default:
 			want = "a mapping"
 		}
-		return fmt.Sprintf("expected %s, got %s %q", want, yamlKind(m[1]), m[2])
+		// Find the value the error is about, for its key and full text.
+		var key string
+		var val *yaml.Node
+		if doc != nil {
+			walkPairs(doc, "", func(path string, k, v *yaml.Node) bool {
+				if v.Line == line && nodeTag(v) == m[1] && (v.Kind != yaml.ScalarNode || strings.HasPrefix(v.Value, strings.TrimSuffix(m[2], "..."))) {
+					key, val = joinKey(path, k.Value), v
+					return false
+				}
+				return true
+			})
+		}
+		if val != nil {
+			return fmt.Sprintf("%s: expected %s, got %s", key, want, describe(val))
+		}
+		got := yamlKind(m[1])
+		if m[2] != "" {
+			got += fmt.Sprintf(" %q", m[2])
+		}
+		return fmt.Sprintf("expected %s, got %s", want, got)
 	}
 	return msg
+}
+
+func nodeTag(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "seq"
+	case yaml.MappingNode:
+		return "map"
+	}
+	return strings.TrimPrefix(n.ShortTag(), "!!")
+}
+
+// describe says what a node holds: a list, a mapping, null, the string "x".
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode, yaml.MappingNode:
+		return kindName(n)
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	if n.ShortTag() == "!!null" {
+		return "null"
+	}
+	if t := nodeTag(n); t != "str" {
+		return yamlKind(t) + " " + n.Value
+	}
+	return fmt.Sprintf("the string %q", n.Value)
 }
 
 func yamlKind(tag string) string {
@@ -276,6 +534,8 @@ func yamlKind(tag string) string {
 		return "the number"
 	case "bool":
 		return "the boolean"
+	case "null":
+		return "null"
 	}
 	return tag
 }
@@ -349,7 +609,19 @@ func (f *File) validate(root *yaml.Node) error {
 	if err := f.Target.validate(root); err != nil {
 		return err
 	}
-	return f.Retry.validate(root)
+	if err := f.Retry.validate(root); err != nil {
+		return err
+	}
+	if err := f.Rate.validate(root); err != nil {
+		return err
+	}
+	if err := validateStages(f.Stages, f.Bake, root); err != nil {
+		return err
+	}
+	if err := f.FailureBudget.validate(root); err != nil {
+		return err
+	}
+	return f.Schedule.validate(root)
 }
 
 func (r *Retry) validate(root *yaml.Node) error {

@@ -71,9 +71,14 @@ func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, erro
 	p.ID = f.Name + "-" + p.SpecHash[:8]
 
 	seen := map[string]bool{}
+	unmatched := map[string]*api.CVM{} // in the workspace, not selected
 	for i := range cvms {
 		c := &cvms[i]
-		if seen[c.ID] || !f.Selector.Matches(c) {
+		if seen[c.ID] {
+			continue
+		}
+		if !f.Selector.Matches(c) {
+			unmatched[c.ID] = c
 			continue
 		}
 		seen[c.ID] = true
@@ -83,12 +88,19 @@ func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, erro
 		}
 		p.Items = append(p.Items, it)
 	}
-	// Ids asked for by name that the workspace does not have.
+	// Ids asked for by id that are not selected: either the workspace does
+	// not have them, or they fail another condition of the selector.
 	for _, id := range f.Selector.IDs {
-		if !seen[id.V] && !contains(f.Selector.ExcludeIDs, id.V) {
-			seen[id.V] = true
-			p.Items = append(p.Items, Item{CVMID: id.V, Action: Skip, Reason: "CVM not found"})
+		if seen[id.V] || contains(f.Selector.ExcludeIDs, id.V) {
+			continue
 		}
+		seen[id.V] = true
+		it := Item{CVMID: id.V, Action: Skip, Reason: "CVM not found"}
+		if c := unmatched[id.V]; c != nil {
+			it = Item{CVMID: c.ID, Name: c.Name, Node: c.NodeName(), Region: c.NodeRegion(), Status: c.Status, VMM: c.VMMVersion(),
+				Action: Skip, Reason: "listed in selector.ids but fails another selector condition"}
+		}
+		p.Items = append(p.Items, it)
 	}
 	sort.Slice(p.Items, func(i, j int) bool { return p.Items[i].CVMID < p.Items[j].CVMID })
 

@@ -23,14 +23,6 @@ type API interface {
 	PatchNetworkConfig(ctx context.Context, id string, upd api.NetworkConfigUpdate) (*api.NetworkConfig, error)
 }
 
-// Limiter paces API calls across every worker of a rollout. Acquire returns
-// a release func when the call may go now, or how long to wait otherwise.
-type Limiter interface {
-	Acquire(ctx context.Context, rollout string, spec *plan.File) (wait time.Duration, release func(), err error)
-	// Feedback tells the limiter how the API answered (throttled: 429/503).
-	Feedback(ctx context.Context, rollout string, throttled bool)
-}
-
 // Gate decides whether a rollout may start a CVM now (schedule windows).
 // It returns 0 to go, or how long to wait.
 type Gate func(spec *plan.File, now time.Time) (wait time.Duration, reason string)
@@ -40,7 +32,7 @@ type Handler struct {
 	Store   *store.Store
 	API     API
 	Worker  string  // recorded on each CVM: host/pid
-	Limiter Limiter // nil: no pacing
+	Pacer   *Pacer  // nil: no pacing
 	Gate    Gate    // nil: always open
 	Log     *slog.Logger
 	// PausedRecheck is how often a task of a paused or scheduled rollout
@@ -78,26 +70,20 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return &Snooze{After: h.recheck(), Reason: "rollout " + tr.RolloutState}
 	}
 
-	var release func()
-	if h.Limiter != nil {
-		wait, rel, err := h.Limiter.Acquire(ctx, p.Rollout, spec)
+	api := h.API
+	if h.Pacer != nil {
+		release, wait, err := h.Pacer.slot(ctx, p.Rollout, spec)
 		if err != nil {
-			return h.requeue(ctx, p, store.ModeSnooze, "rate limiter: "+err.Error(), 0, &Snooze{After: time.Second, Reason: err.Error()})
+			return h.requeue(ctx, p, store.ModeSnooze, "in-flight limiter: "+err.Error(), 0, &Snooze{After: time.Second, Reason: err.Error()})
 		}
 		if wait > 0 {
-			return h.requeue(ctx, p, store.ModeSnooze, "", 0, &Snooze{After: wait, Reason: "rate limit"})
+			return h.requeue(ctx, p, store.ModeSnooze, "", 0, &Snooze{After: wait, Reason: "max_in_flight reached"})
 		}
-		release = rel
+		defer release()
+		api = h.Pacer.wrap(api, p.Rollout, spec)
 	}
 	attempt := tr.Attempts + 1 // this try, counting the ones before it
-	res, err := h.apply(ctx, p, spec)
-	if release != nil {
-		release()
-	}
-	if h.Limiter != nil {
-		st := api.StatusOf(err)
-		h.Limiter.Feedback(ctx, p.Rollout, st == 429 || st == 503)
-	}
+	res, err := h.apply(ctx, api, p, spec)
 	if err == nil {
 		return h.finish(ctx, p, res.state, res.reason, res.fields...)
 	}
@@ -112,11 +98,11 @@ type result struct {
 // apply is one try of one CVM: gate on the VMM, read, PATCH what differs,
 // verify. Errors are API errors for Classify; a nil error carries the
 // terminal state.
-func (h *Handler) apply(ctx context.Context, p Payload, spec *plan.File) (result, error) {
+func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File) (result, error) {
 	rp := spec.Retry.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
-	cvm, err := h.API.GetCVM(ctx, p.CVM)
+	cvm, err := client.GetCVM(ctx, p.CVM)
 	if err != nil {
 		return result{}, err
 	}
@@ -124,7 +110,7 @@ func (h *Handler) apply(ctx context.Context, p Payload, spec *plan.File) (result
 	if ok, reason := api.VMMGate(cvm.VMMVersion()); !ok {
 		return result{state: store.Skipped, reason: reason}, nil
 	}
-	cur, err := h.API.GetNetworkConfig(ctx, p.CVM)
+	cur, err := client.GetNetworkConfig(ctx, p.CVM)
 	if err != nil {
 		return result{}, err
 	}
@@ -143,7 +129,7 @@ func (h *Handler) apply(ctx context.Context, p Payload, spec *plan.File) (result
 	if err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs); err != nil {
 		return result{}, err
 	}
-	got, err := h.API.PatchNetworkConfig(ctx, p.CVM, upd)
+	got, err := client.PatchNetworkConfig(ctx, p.CVM, upd)
 	if err != nil {
 		return result{}, err
 	}

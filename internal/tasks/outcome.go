@@ -56,6 +56,10 @@ func Classify(err error) Decision {
 		}
 		return d
 	}
+	var sn *Snooze
+	if errors.As(err, &sn) { // the rollout's own rate limit: wait, not an attempt
+		return Decision{Kind: Throttle, After: sn.After, Reason: sn.Reason}
+	}
 	if errors.Is(err, context.Canceled) {
 		// The worker is shutting down: not the CVM's fault.
 		return Decision{Kind: Throttle, After: time.Second, Reason: "worker shutting down"}

@@ -23,7 +23,7 @@ type Config struct {
 	// keep it above one CVM's attempt so a drain never cuts a PATCH short.
 	ShutdownTimeout time.Duration
 	API             tasks.API
-	Limiter         tasks.Limiter
+	Pacer           *tasks.Pacer
 	Gate            tasks.Gate
 	Name            string // host/pid by default
 	Log             *slog.Logger
@@ -56,7 +56,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		cfg.ControllerInterval = time.Second
 	}
 	st := store.New(rdb)
-	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Limiter: cfg.Limiter, Gate: cfg.Gate, Log: cfg.Log}
+	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Pacer: cfg.Pacer, Gate: cfg.Gate, Log: cfg.Log}
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              cfg.Concurrency,
 		Queues:                   map[string]int{tasks.Queue: 1},

@@ -1,0 +1,213 @@
+// Package ratelimit paces a rollout's API calls across every worker
+// process: a request rate (GCRA, github.com/go-redis/redis_rate) that
+// adapts to the API's 429/503 answers, and a cap on CVMs in flight (a
+// token list in Redis that a crashed worker cannot leak). All state is in
+// Redis under the rollout's hash tag; it runs on miniredis too.
+package ratelimit
+
+import (
+	"context"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
+)
+
+// Limits is what a rollout asks for.
+type Limits struct {
+	PerSecond   float64 // request rate across all workers; 0: none
+	Burst       int     // requests allowed at once above the rate (default 1: smooth)
+	MaxInFlight int     // CVMs being processed at once across all workers; 0: none
+	Adaptive    bool    // slow down on 429/503, recover gradually
+	// Floor is the lowest rate adaptive mode goes to (default 1% of
+	// PerSecond, at least 0.1/s).
+	Floor float64
+}
+
+// Adaptive mode: multiplicative decrease on a throttled answer (at most
+// once per DecreaseEvery), additive increase after each second of clean
+// answers (IncreaseStep of the current rate, at least 0.1/s).
+const (
+	DecreaseFactor = 0.8
+	DecreaseEvery  = time.Second
+	IncreaseStep   = 0.03
+)
+
+// MaxInlineWait is the longest a worker waits for a token while holding
+// its task; past it the task is snoozed back to the queue.
+const MaxInlineWait = 2 * time.Second
+
+func gcraKey(id string) string      { return "rollout:{" + id + "}:gcra" }
+func stateKey(id string) string     { return "rollout:{" + id + "}:pace" }
+func tokensKey(id string) string    { return "rollout:{" + id + "}:slots" }
+func holdersKey(id string) string   { return "rollout:{" + id + "}:slot-holders" }
+func slotsInitKey(id string) string { return "rollout:{" + id + "}:slots-init" }
+
+// Limiter enforces Limits for rollouts.
+type Limiter struct {
+	rdb  redis.UniversalClient
+	gcra *redis_rate.Limiter
+}
+
+// New returns a Limiter on rdb.
+func New(rdb redis.UniversalClient) *Limiter {
+	return &Limiter{rdb: rdb, gcra: redis_rate.NewLimiter(rdb)}
+}
+
+// Rate returns the rollout's current effective rate: PerSecond, lowered by
+// adaptive backoff.
+func (l *Limiter) Rate(ctx context.Context, id string, lim Limits) (float64, error) {
+	if lim.PerSecond <= 0 {
+		return 0, nil
+	}
+	if !lim.Adaptive {
+		return lim.PerSecond, nil
+	}
+	v, err := l.rdb.HGet(ctx, stateKey(id), "rate").Result()
+	if err == redis.Nil {
+		return lim.PerSecond, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	r, _ := strconv.ParseFloat(v, 64)
+	if r <= 0 || r > lim.PerSecond {
+		r = lim.PerSecond
+	}
+	return r, nil
+}
+
+// Take waits for one request token. It returns 0 when the request may go,
+// or how long the caller should wait when that is more than MaxInlineWait.
+func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duration, error) {
+	for {
+		r, err := l.Rate(ctx, id, lim)
+		if err != nil || r <= 0 {
+			return 0, err
+		}
+		burst := max(lim.Burst, 1)
+		res, err := l.gcra.Allow(ctx, gcraKey(id), redis_rate.Limit{Rate: int(math.Max(1, math.Round(r*1000))), Burst: burst, Period: 1000 * time.Second})
+		if err != nil {
+			return 0, err
+		}
+		if res.Allowed > 0 {
+			return 0, nil
+		}
+		if res.RetryAfter > MaxInlineWait {
+			return res.RetryAfter, nil
+		}
+		t := time.NewTimer(max(res.RetryAfter, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// feedbackScript adjusts the adaptive rate. KEYS[1] the pace hash.
+// ARGV: throttled(0|1), now (ms), ceiling, floor, factor, every (ms), step.
+var feedbackScript = redis.NewScript(`
+local rate = tonumber(redis.call('HGET', KEYS[1], 'rate') or ARGV[3])
+local now = tonumber(ARGV[2])
+local ceiling, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[1] == '1' then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'decreased_at') or '0')
+  if now - last >= tonumber(ARGV[6]) then
+    rate = math.max(floor, rate * tonumber(ARGV[5]))
+    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'decreased_at', now, 'increased_at', now)
+  end
+else
+  local last = tonumber(redis.call('HGET', KEYS[1], 'increased_at') or '0')
+  if rate < ceiling and now - last >= 1000 then
+    rate = math.min(ceiling, rate + math.max(0.1, rate * tonumber(ARGV[7])))
+    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'increased_at', now)
+  end
+end
+return tostring(rate)
+`)
+
+// Feedback tells adaptive mode how the API answered.
+func (l *Limiter) Feedback(ctx context.Context, id string, lim Limits, throttled bool) error {
+	if !lim.Adaptive || lim.PerSecond <= 0 {
+		return nil
+	}
+	floor := lim.Floor
+	if floor <= 0 {
+		floor = math.Max(0.1, lim.PerSecond/100)
+	}
+	t := "0"
+	if throttled {
+		t = "1"
+	}
+	return feedbackScript.Run(ctx, l.rdb, []string{stateKey(id)}, t, time.Now().UnixMilli(), lim.PerSecond, floor,
+		DecreaseFactor, DecreaseEvery.Milliseconds(), IncreaseStep).Err()
+}
+
+// releaseScript returns a slot if its holder still holds it (the reaper may
+// have returned it already). KEYS: holders, tokens. ARGV: token.
+var releaseScript = redis.NewScript(`
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+end
+return 1
+`)
+
+// reapScript returns the slots of holders whose lease ran out (a killed
+// worker). KEYS: holders, tokens. ARGV: now (ms).
+var reapScript = redis.NewScript(`
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, t in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], t)
+  redis.call('LPUSH', KEYS[2], t)
+end
+return #expired
+`)
+
+// Slot waits up to wait for one of the rollout's MaxInFlight slots. It
+// returns a release func, or nil when none came free in time. A slot is
+// leased for lease; a holder that dies has it returned by Reap.
+func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease time.Duration) (func(), error) {
+	if lim.MaxInFlight <= 0 {
+		return func() {}, nil
+	}
+	if err := l.initSlots(ctx, id, lim.MaxInFlight); err != nil {
+		return nil, err
+	}
+	res, err := l.rdb.BLPop(ctx, max(wait, 10*time.Millisecond), tokensKey(id)).Result()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	token := res[1]
+	if err := l.rdb.ZAdd(ctx, holdersKey(id), redis.Z{Score: float64(time.Now().Add(lease).UnixMilli()), Member: token}).Err(); err != nil {
+		l.rdb.LPush(context.WithoutCancel(ctx), tokensKey(id), token)
+		return nil, err
+	}
+	return func() {
+		releaseScript.Run(context.WithoutCancel(ctx), l.rdb, []string{holdersKey(id), tokensKey(id)}, token)
+	}, nil
+}
+
+// initSlots creates the rollout's slot tokens once.
+func (l *Limiter) initSlots(ctx context.Context, id string, n int) error {
+	ok, err := l.rdb.SetNX(ctx, slotsInitKey(id), n, 0).Result()
+	if err != nil || !ok {
+		return err
+	}
+	toks := make([]any, n)
+	for i := range toks {
+		toks[i] = "slot-" + strconv.Itoa(i)
+	}
+	return l.rdb.RPush(ctx, tokensKey(id), toks...).Err()
+}
+
+// Reap returns slots whose holders' leases ran out. The controller calls it.
+func (l *Limiter) Reap(ctx context.Context, id string) (int, error) {
+	return reapScript.Run(ctx, l.rdb, []string{holdersKey(id), tokensKey(id)}, time.Now().UnixMilli()).Int()
+}
