@@ -38,7 +38,20 @@ func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.
 		return Applied{}, err
 	}
 	nr := store.NewRollout{ID: p.ID, Name: p.Name, Spec: string(spec), SpecHash: p.SpecHash, CreatedBy: who,
-		State: store.RolloutRunning, Stages: []string{"all"}}
+		State: store.RolloutRunning, Fields: map[string]string{}}
+	for i, st := range p.Stages {
+		nr.Stages = append(nr.Stages, st.Name)
+		nr.Fields[stageField(i, "bake")] = st.Bake.String()
+		nr.Fields[stageField(i, "promote")] = st.Promote
+	}
+	if b := p.File.FailureBudget; b != nil {
+		nr.Fields["budget_max_failed"] = strconv.Itoa(b.Limit(p.Counts[plan.Patch]))
+		nr.Fields["budget_min_executed"] = strconv.Itoa(b.MinExecuted)
+		nr.Fields["budget_action"] = b.TripState()
+	}
+	if wait, why, _ := p.File.Schedule.Gate(now); wait > 0 {
+		nr.State, nr.Reason = store.RolloutScheduled, why
+	}
 	for _, it := range p.Items {
 		c := store.NewCVM{ID: it.CVMID, Name: it.Name, Stage: -1, Reason: it.Reason}
 		switch it.Action {
@@ -118,3 +131,5 @@ func (c *Control) pendingOnly(ctx context.Context, id string, ids []string) ([]s
 	}
 	return out, nil
 }
+
+func stageField(i int, name string) string { return "s:" + strconv.Itoa(i) + ":" + name }

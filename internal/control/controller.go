@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/redis/go-redis/v9"
 )
 
 // Controller drives every active rollout forward: it dispatches the next
@@ -19,8 +19,14 @@ import (
 // and survives any process dying.
 type Controller struct {
 	*Control
-	Owner string // unique per process: host/pid
-	Log   *slog.Logger
+	Owner  string // unique per process: host/pid
+	Log    *slog.Logger
+	Reaper SlotReaper // returns in-flight slots of dead workers; may be nil
+}
+
+// SlotReaper returns in-flight slots whose holders died.
+type SlotReaper interface {
+	Reap(ctx context.Context, rollout string) (int, error)
 }
 
 // lockTTL is how long a controller that died blocks the others.
@@ -99,20 +105,61 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 		return c.Store.Finished(ctx, id)
 	case store.RolloutCancelled:
 		return c.finishCancel(ctx, r, now)
-	case store.RolloutRunning:
-		return c.advance(ctx, r, now)
 	}
-	return nil
-}
-
-// advance dispatches the current stage if it was not, moves to the next
-// stage when the current one is done, and completes the rollout after the
-// last.
-func (c *Controller) advance(ctx context.Context, r *store.Rollout, now time.Time) error {
 	spec, err := Spec(r)
 	if err != nil {
 		return err
 	}
+	if c.Reaper != nil && spec.Rate.MaxInFlight > 0 {
+		_, _ = c.Reaper.Reap(ctx, r.ID)
+	}
+	switch r.State {
+	case store.RolloutScheduled, store.RolloutRunning:
+		if moved, err := c.schedule(ctx, r, spec, now); err != nil || moved {
+			return err
+		}
+		if r.State == store.RolloutRunning {
+			return c.advance(ctx, r, spec, now)
+		}
+	}
+	return nil
+}
+
+// schedule moves a rollout between scheduled and running as its start time
+// and maintenance windows say, and ends it after end_at. It reports
+// whether it changed the state.
+func (c *Controller) schedule(ctx context.Context, r *store.Rollout, spec *plan.File, now time.Time) (bool, error) {
+	wait, why, ended := spec.Schedule.Gate(now)
+	switch {
+	case ended:
+		to := store.RolloutCancelled
+		if spec.Schedule.EndAction == "pause" {
+			to = store.RolloutPaused
+		}
+		_, ok, err := c.Store.SetState(ctx, r.ID, to, why, now, store.RolloutScheduled, store.RolloutRunning)
+		if ok {
+			_ = c.Store.Event(ctx, r.ID, now, "controller", why)
+		}
+		return ok, err
+	case wait > 0 && r.State == store.RolloutRunning:
+		_, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutScheduled, why, now, store.RolloutRunning)
+		return ok, err
+	case wait > 0:
+		if r.Reason != why {
+			return false, c.Store.SetFields(ctx, r.ID, "reason", why)
+		}
+		return false, nil
+	case r.State == store.RolloutScheduled:
+		_, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutRunning, "", now, store.RolloutScheduled)
+		return ok, err
+	}
+	return false, nil
+}
+
+// advance dispatches the current stage if it was not, moves to the next
+// stage once the current one is done, baked and (if manual) promoted, and
+// completes the rollout when no CVM is left to do.
+func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.File, now time.Time) error {
 	dispatched, _ := strconv.Atoi(r.Fields["dispatched"])
 	if dispatched < r.Stage {
 		_, err := c.Dispatch(ctx, r, spec)
@@ -125,23 +172,34 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout, now time.Tim
 	if st.Counts[store.Pending]+st.Counts[store.Running] > 0 {
 		return nil
 	}
-	if r.Stage+1 < len(r.Stages) {
-		ok, err := c.stageGate(ctx, r, spec, now)
-		if err != nil || !ok {
+	if r.Stage+1 >= len(r.Stages) {
+		if r.Counts[store.Pending]+r.Counts[store.Running] > 0 {
+			return nil // retry --failed put CVMs of earlier stages back
+		}
+		if _, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutCompleted, "", now, store.RolloutRunning); err != nil || !ok {
 			return err
 		}
-		if err := c.Store.SetFields(ctx, r.ID, "stage", r.Stage+1, "stage_done_at", ""); err != nil {
-			return err
+		_ = c.Store.Event(ctx, r.ID, now, "controller", "completed")
+		return c.Store.Finished(ctx, r.ID)
+	}
+	ok, why, err := c.stageGate(ctx, r, now)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if r.Reason != why {
+			return c.Store.SetFields(ctx, r.ID, "reason", why)
 		}
-		r.Stage++
-		_, err = c.Dispatch(ctx, r, spec)
+		return nil
+	}
+	next := r.Stage + 1
+	if err := c.Store.SetFields(ctx, r.ID, "stage", next, "reason", ""); err != nil {
 		return err
 	}
-	if _, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutCompleted, "", now, store.RolloutRunning); err != nil || !ok {
-		return err
-	}
-	_ = c.Store.Event(ctx, r.ID, now, "controller", "completed")
-	return c.Store.Finished(ctx, r.ID)
+	_ = c.Store.Event(ctx, r.ID, now, "controller", fmt.Sprintf("stage %d (%s) started", next+1, r.Stages[next].Name))
+	r.Stage = next
+	_, err = c.Dispatch(ctx, r, spec)
+	return err
 }
 
 // finishCancel marks every CVM that did not start cancelled, then stops
@@ -176,5 +234,3 @@ func (c *Controller) log() *slog.Logger {
 	}
 	return slog.Default()
 }
-
-var _ = redis.Nil

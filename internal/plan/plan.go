@@ -44,7 +44,11 @@ type Plan struct {
 	SpecHash string         `json:"spec_hash"`
 	Items    []Item         `json:"items"`
 	Counts   map[Action]int `json:"counts"`
-	File     *File          `json:"-"`
+	Stages   []Stage        `json:"stages"`
+	// PausesAfter is the failure count that trips the failure budget
+	// (max_failed+1), or 0 without a budget.
+	PausesAfter int   `json:"pauses_after_failures,omitempty"`
+	File        *File `json:"-"`
 }
 
 // Reader is the part of the API a plan reads.
@@ -137,6 +141,7 @@ func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, erro
 	for _, it := range p.Items {
 		p.Counts[it.Action]++
 	}
+	p.assignStages()
 	return p, nil
 }
 
@@ -166,4 +171,27 @@ func (t Target) Diff(cur *api.NetworkConfig) (api.NetworkConfigUpdate, bool) {
 func (t Target) Reached(cur *api.NetworkConfig) bool {
 	_, changed := t.Diff(cur)
 	return !changed
+}
+
+// assignStages sizes the stages for the CVMs to patch and gives each its
+// stage, in plan order (sorted by CVM id, so the same fleet gives the same
+// stages). CVMs not to patch have stage -1.
+func (p *Plan) assignStages() {
+	p.Stages = StagePlan(p.File.Stages, p.Counts[Patch], p.File.Bake)
+	stage, used := 0, 0
+	for i := range p.Items {
+		it := &p.Items[i]
+		if it.Action != Patch {
+			it.Stage = -1
+			continue
+		}
+		for used >= p.Stages[stage].Size && stage+1 < len(p.Stages) {
+			stage, used = stage+1, 0
+		}
+		it.Stage = stage
+		used++
+	}
+	if b := p.File.FailureBudget; b != nil {
+		p.PausesAfter = b.Limit(p.Counts[Patch]) + 1
+	}
 }

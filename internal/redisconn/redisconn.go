@@ -33,7 +33,7 @@ func Open(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL %s: %v", Redact(rawURL), err)
 	}
-	opt.PoolSize = max(opt.PoolSize, 64)
+	opt.PoolSize = max(opt.PoolSize, 256) // in-flight slots block a connection each (BLPOP)
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	rdb := redis.NewClient(opt)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

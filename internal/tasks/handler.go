@@ -23,18 +23,13 @@ type API interface {
 	PatchNetworkConfig(ctx context.Context, id string, upd api.NetworkConfigUpdate) (*api.NetworkConfig, error)
 }
 
-// Gate decides whether a rollout may start a CVM now (schedule windows).
-// It returns 0 to go, or how long to wait.
-type Gate func(spec *plan.File, now time.Time) (wait time.Duration, reason string)
-
 // Handler processes TypeCVM tasks.
 type Handler struct {
-	Store   *store.Store
-	API     API
-	Worker  string  // recorded on each CVM: host/pid
-	Pacer   *Pacer  // nil: no pacing
-	Gate    Gate    // nil: always open
-	Log     *slog.Logger
+	Store  *store.Store
+	API    API
+	Worker string // recorded on each CVM: host/pid
+	Pacer  *Pacer // nil: no pacing
+	Log    *slog.Logger
 	// PausedRecheck is how often a task of a paused or scheduled rollout
 	// looks again (default 5s).
 	PausedRecheck time.Duration
@@ -54,10 +49,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	} else if err != nil {
 		return err
 	}
-	if h.Gate != nil {
-		if wait, why := h.Gate(spec, time.Now()); wait > 0 {
-			return &Snooze{After: wait, Reason: why}
-		}
+	// Outside the schedule (before start_at, between windows, in a cutoff):
+	// sleep until it opens, without touching the record or the retries.
+	// After end_at the controller ends the rollout; look again shortly.
+	if wait, why, ended := spec.Schedule.Gate(time.Now()); ended {
+		return &Snooze{After: h.recheck(), Reason: why}
+	} else if wait > 0 {
+		return &Snooze{After: wait, Reason: why}
 	}
 	tr, err := h.Store.Move(ctx, p.Rollout, p.CVM, store.Running, store.ModeBegin, time.Now(),
 		"worker", h.Worker, "started_at", now())

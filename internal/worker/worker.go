@@ -11,6 +11,8 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/control"
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/ratelimit"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/redis/go-redis/v9"
@@ -23,10 +25,11 @@ type Config struct {
 	// keep it above one CVM's attempt so a drain never cuts a PATCH short.
 	ShutdownTimeout time.Duration
 	API             tasks.API
-	Pacer           *tasks.Pacer
-	Gate            tasks.Gate
-	Name            string // host/pid by default
-	Log             *slog.Logger
+	// Rate is the default rate section for rollouts whose file leaves
+	// fields unset (`worker --rate`, `--max-in-flight`).
+	Rate plan.Rate
+	Name string // host/pid by default
+	Log  *slog.Logger
 	// ControllerInterval is how often the controller looks at rollouts.
 	ControllerInterval time.Duration
 	// NoController runs tasks only.
@@ -56,7 +59,8 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		cfg.ControllerInterval = time.Second
 	}
 	st := store.New(rdb)
-	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Pacer: cfg.Pacer, Gate: cfg.Gate, Log: cfg.Log}
+	lim := ratelimit.New(rdb)
+	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Pacer: &tasks.Pacer{L: lim, Defaults: cfg.Rate}, Log: cfg.Log}
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              cfg.Concurrency,
 		Queues:                   map[string]int{tasks.Queue: 1},
@@ -83,7 +87,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 			return
 		}
 		ctl := &control.Controller{Control: &control.Control{Store: st, Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}},
-			Owner: cfg.Name, Log: cfg.Log}
+			Owner: cfg.Name, Log: cfg.Log, Reaper: lim}
 		ctl.Run(cctx, cfg.ControllerInterval)
 	}()
 	<-ctx.Done()
