@@ -92,3 +92,8 @@ func whoAmI() string {
 	host, _ := os.Hostname()
 	return name + "@" + host
 }
+
+func retryFailed(ctx context.Context, rdb redis.UniversalClient, id string) (int, error) {
+	c := &control.Control{Store: store.New(rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}}
+	return c.RetryFailed(ctx, id, time.Now())
+}

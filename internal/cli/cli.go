@@ -49,6 +49,8 @@ func commands() []command {
 		{"pause", "pause ID                                stop starting CVMs (in-flight ones finish)", runPause},
 		{"resume", "resume ID                               continue a paused rollout", runResume},
 		{"cancel", "cancel ID                               end a rollout; CVMs not started become cancelled", runCancel},
+		{"promote", "promote ID                              let a finished manual stage (or a bake) move on", runPromote},
+		{"retry", "retry ID --failed                       queue the failed CVMs again", runRetry},
 		{"worker", "worker [--concurrency N]                process tasks (same as cmd/worker)", RunWorker},
 		{"sim", "sim [--addr 127.0.0.1:8090] [--cvms N]  serve the API simulator", runSim},
 		{"demo", "demo [--cvms N]                         the whole job in one process, no setup", runDemo},

@@ -15,6 +15,10 @@ func setState(ctx context.Context, e *Env, name string, args []string, to string
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	reason := fs.String("reason", "", "why (recorded and shown in status)")
+	maxFailed := -1
+	if name == "resume" {
+		fs.IntVar(&maxFailed, "max-failed", -1, "raise the failure budget to this many failures before resuming")
+	}
 	id, err := oneID(fs, args)
 	if err != nil {
 		return err
@@ -25,6 +29,11 @@ func setState(ctx context.Context, e *Env, name string, args []string, to string
 	}
 	defer rdb.Close()
 	st := store.New(rdb)
+	if maxFailed >= 0 {
+		if err := st.SetFields(ctx, id, "budget_max_failed", maxFailed); err != nil {
+			return err
+		}
+	}
 	why := *reason
 	if why == "" {
 		why = name + "d by " + whoAmI()
@@ -61,4 +70,57 @@ func runResume(ctx context.Context, e *Env, args []string) error {
 
 func runCancel(ctx context.Context, e *Env, args []string) error {
 	return setState(ctx, e, "cancel", args, store.RolloutCancelled, store.RolloutRunning, store.RolloutPaused, store.RolloutScheduled)
+}
+
+func runPromote(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("promote", flag.ContinueOnError)
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	id, err := oneID(fs, args)
+	if err != nil {
+		return err
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	st := store.New(rdb)
+	r, err := st.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if r.State != store.RolloutRunning && r.State != store.RolloutPaused && r.State != store.RolloutScheduled {
+		return fmt.Errorf("promote: rollout %s is %s", id, r.State)
+	}
+	// "promoted" is the stage allowed to move on: the current one.
+	if err := st.SetFields(ctx, id, "promoted", r.Stage); err != nil {
+		return err
+	}
+	_ = st.Event(ctx, id, time.Now(), whoAmI(), fmt.Sprintf("promote stage %d", r.Stage+1))
+	fmt.Fprintf(e.Stdout, "rollout %s: stage %d (%s) promoted; the next stage starts when it is done\n", id, r.Stage+1, r.Stages[r.Stage].Name)
+	return nil
+}
+
+func runRetry(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("retry", flag.ContinueOnError)
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	failed := fs.Bool("failed", false, "re-queue the failed CVMs (required: the only kind retry takes)")
+	id, err := oneID(fs, args)
+	if err != nil {
+		return err
+	}
+	if !*failed {
+		return fmt.Errorf("retry: say which CVMs: --failed")
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	n, err := retryFailed(ctx, rdb, id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.Stdout, "rollout %s: %d failed CVMs queued again\n", id, n)
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
 )
@@ -81,6 +82,40 @@ func printPlan(w io.Writer, p *plan.Plan, all bool) {
 	}
 	fmt.Fprintf(w, "\nPlan: %d to patch, %d unchanged, %d skipped (%d selected).\n",
 		p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], len(p.Items))
+	if len(p.Stages) > 1 {
+		fmt.Fprintf(w, "Stages:")
+		for i, st := range p.Stages {
+			fmt.Fprintf(w, " %d %s=%d", i+1, st.Name, st.Size)
+			if st.Promote == "manual" {
+				fmt.Fprint(w, " (then waits for promote)")
+			} else if st.Bake > 0 && i+1 < len(p.Stages) {
+				fmt.Fprintf(w, " (bake %s)", st.Bake)
+			}
+			if i+1 < len(p.Stages) {
+				fmt.Fprint(w, ",")
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	if b := p.File.FailureBudget; b != nil {
+		fmt.Fprintf(w, "Failure budget: %s after %d failures", tripVerb(b.TripState()), p.PausesAfter)
+		if b.MinExecuted > 0 {
+			fmt.Fprintf(w, " (judged once %d CVMs have been executed)", b.MinExecuted)
+		}
+		fmt.Fprintln(w, "; skipped and unchanged CVMs never count.")
+	}
+	if s := p.File.Schedule; s != nil {
+		if !s.StartAt.IsZero() {
+			fmt.Fprintf(w, "Starts at %s", s.StartAt.UTC().Format(time.RFC3339))
+			if !s.EndAt.IsZero() {
+				fmt.Fprintf(w, "; ends at %s", s.EndAt.UTC().Format(time.RFC3339))
+			}
+			fmt.Fprintln(w, ".")
+		}
+		for _, win := range s.Windows {
+			fmt.Fprintf(w, "Window: %q for %s (%s), no new CVM in its last %s.\n", win.Cron, win.Duration, dash(win.Timezone), s.Cutoff)
+		}
+	}
 }
 
 func diffText(t plan.Target, it plan.Item) string {
@@ -99,4 +134,12 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// tripVerb is what a tripped budget does: "pauses" or "cancels".
+func tripVerb(state string) string {
+	if state == "cancelled" {
+		return "cancels"
+	}
+	return "pauses"
 }

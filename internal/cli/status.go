@@ -43,17 +43,25 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	failures, err := st.RecentFailures(ctx, id)
+	if err != nil {
+		return err
+	}
 	if *out == "json" {
-		return writeJSON(e.Stdout, statusJSON(r))
+		s := statusJSON(r)
+		s.RecentFailures = failures
+		return writeJSON(e.Stdout, s)
 	}
 	printStatus(e.Stdout, r)
+	printFailures(e.Stdout, failures)
 	return nil
 }
 
 // Status is `status -o json`: stable snake_case fields.
 type Status struct {
 	*store.Rollout
-	Done int `json:"done"`
+	Done           int      `json:"done"`
+	RecentFailures []string `json:"recent_failures,omitempty"`
 }
 
 func statusJSON(r *store.Rollout) Status { return Status{Rollout: r, Done: done(r.Counts)} }
@@ -121,9 +129,13 @@ func printStatus(w io.Writer, r *store.Rollout) {
 		fmt.Fprintf(w, "Reason:   %s\n", r.Reason)
 	}
 	fmt.Fprintf(w, "Created:  %s by %s\n", r.CreatedAt.Local().Format(time.RFC3339), r.CreatedBy)
+	if b := r.Fields["budget_max_failed"]; b != "" {
+		n, _ := strconv.Atoi(b)
+		fmt.Fprintf(w, "Budget:   %s after %d failures (once %s CVMs executed)\n", tripVerb(r.Fields["budget_action"]), n+1, dash(r.Fields["budget_min_executed"]))
+	}
 	fmt.Fprintf(w, "Progress: %d/%d CVMs done\n\n", done(r.Counts), r.Total)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprint(tw, "STAGE\t")
+	fmt.Fprint(tw, "STAGE\tSIZE\t")
 	for _, s := range store.CVMStates {
 		fmt.Fprintf(tw, "%s\t", strings.ToUpper(s))
 	}
@@ -132,21 +144,31 @@ func printStatus(w io.Writer, r *store.Rollout) {
 		for _, s := range r.Stages {
 			mark := ""
 			if s.Index == r.Stage && !finished(r.State) {
-				mark = "*"
+				mark = "> "
 			}
-			fmt.Fprintf(tw, "%s%d %s\t", mark, s.Index+1, s.Name)
+			fmt.Fprintf(tw, "%s%d %s\t%d\t", mark, s.Index+1, s.Name, s.Size)
 			for _, st := range store.CVMStates {
 				fmt.Fprintf(tw, "%d\t", s.Counts[st])
 			}
 			fmt.Fprintln(tw)
 		}
 	}
-	fmt.Fprint(tw, "total\t")
+	fmt.Fprintf(tw, "total\t%d\t", r.Total)
 	for _, s := range store.CVMStates {
 		fmt.Fprintf(tw, "%d\t", r.Counts[s])
 	}
 	fmt.Fprintln(tw)
 	tw.Flush()
+}
+
+func printFailures(w io.Writer, failures []string) {
+	if len(failures) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nLatest failures:\n")
+	for _, f := range failures {
+		fmt.Fprintf(w, "  %s\n", f)
+	}
 }
 
 func runList(ctx context.Context, e *Env, args []string) error {

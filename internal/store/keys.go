@@ -25,6 +25,9 @@ func StageKey(id string, stage int) string {
 // EventsKey is the rollout's audit trail (a capped list of JSON lines).
 func EventsKey(id string) string { return prefix + "{" + id + "}:events" }
 
+// FailuresKey holds the latest failures of a rollout (capped at 20).
+func FailuresKey(id string) string { return prefix + "{" + id + "}:failures" }
+
 // IndexKey is a sorted set of every rollout id by creation time.
 const IndexKey = prefix + "index"
 

@@ -6,7 +6,7 @@ import "github.com/redis/go-redis/v9"
 // keeps the rollout's counters in step, atomically: status never scans CVMs
 // and counts never drift, whatever crashes.
 //
-// KEYS[1] rollout hash, KEYS[2] CVM hash.
+// KEYS[1] rollout hash, KEYS[2] CVM hash, KEYS[3] recent failures list.
 // ARGV[1] new state, ARGV[2] mode, ARGV[3] now (RFC 3339), ARGV[4..] field/value pairs.
 // Modes:
 //
@@ -68,6 +68,12 @@ if new == 'cancelled' and mode == 'begin' then
   redis.call('HSET', KEYS[2], 'reason', 'rollout cancelled before this CVM started', 'finished_at', ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+if new == 'failed' then
+  -- the latest failures, for status after a budget trips
+  local why = redis.call('HGET', KEYS[2], 'reason') or ''
+  redis.call('RPUSH', KEYS[3], string.match(KEYS[2], ':cvm:(.*)$') .. ': ' .. why)
+  redis.call('LTRIM', KEYS[3], -20, -1)
+end
 local tripped = ''
 if (new == 'failed' or new == 'succeeded') and rstate == 'running' then
   local maxf = redis.call('HGET', KEYS[1], 'budget_max_failed')

@@ -248,7 +248,7 @@ func (s *Store) Move(ctx context.Context, id, cvm, to, mode string, now time.Tim
 	for _, f := range fields {
 		args = append(args, f)
 	}
-	res, err := transitionScript.Run(ctx, s.rdb, []string{RolloutKey(id), CVMKey(id, cvm)}, args...).StringSlice()
+	res, err := transitionScript.Run(ctx, s.rdb, []string{RolloutKey(id), CVMKey(id, cvm), FailuresKey(id)}, args...).StringSlice()
 	if err != nil {
 		return Transition{}, err
 	}
@@ -379,4 +379,38 @@ func (s *Store) PatchSent(ctx context.Context, id, cvm string) (bool, error) {
 		return false, nil
 	}
 	return v == "1", err
+}
+
+// RecentFailures returns the last failures ("cvm_id: reason"), oldest first.
+func (s *Store) RecentFailures(ctx context.Context, id string) ([]string, error) {
+	return s.rdb.LRange(ctx, FailuresKey(id), 0, -1).Result()
+}
+
+// ResetFailed puts every failed CVM back to pending (retry --failed) and
+// returns their ids with the new task generation, so their tasks get ids
+// of their own. Each CVM is reset by exactly one caller, however many race.
+func (s *Store) ResetFailed(ctx context.Context, id string, now time.Time) (ids []string, gen int, err error) {
+	g, err := s.rdb.HIncrBy(ctx, RolloutKey(id), "gen", 1).Result()
+	if err != nil {
+		return nil, 0, err
+	}
+	err = s.Records(ctx, id, func(r CVMRecord) error {
+		if r.State != Failed {
+			return nil
+		}
+		t, err := s.Move(ctx, id, r.CVMID, Pending, ModeReset, now, "reason", "retry requested", "attempts", "0", "finished_at", "")
+		if err != nil {
+			return err
+		}
+		if t.Changed() {
+			ids = append(ids, r.CVMID)
+		}
+		return nil
+	})
+	return ids, int(g), err
+}
+
+// Reactivate puts a rollout back in the controller's set.
+func (s *Store) Reactivate(ctx context.Context, id string) error {
+	return s.rdb.SAdd(ctx, ActiveKey, id).Err()
 }

@@ -1,0 +1,41 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
+)
+
+// RetryFailed puts a rollout's failed CVMs back to pending and queues them
+// under a new task generation. A finished rollout runs again; a paused one
+// stays paused (its tasks wait for resume). Two operators retrying at once
+// each queue only the CVMs they reset, so none is queued twice.
+func (c *Control) RetryFailed(ctx context.Context, id string, now time.Time) (int, error) {
+	r, err := c.Store.Get(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if r.State == store.RolloutCancelled {
+		return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
+	}
+	spec, err := Spec(r)
+	if err != nil {
+		return 0, err
+	}
+	ids, gen, err := c.Store.ResetFailed(ctx, id, now)
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	if _, _, err := c.Store.SetState(ctx, id, store.RolloutRunning, "", now, store.RolloutCompleted); err != nil {
+		return 0, err
+	}
+	if err := c.Store.Reactivate(ctx, id); err != nil {
+		return 0, err
+	}
+	rp := spec.Retry.WithDefaults()
+	_ = c.Store.Event(ctx, id, now, "retry", "re-queued failed CVMs")
+	return c.Queue.Enqueue(ctx, id, gen, ids, tasks.EnqueueOptions{MaxAttempts: rp.MaxAttempts, Deadline: rp.Deadline + time.Minute})
+}
