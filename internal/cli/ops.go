@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/store"
 )
 
@@ -84,19 +85,11 @@ func runPromote(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	st := store.New(rdb)
-	r, err := st.Get(ctx, id)
+	c := &control.Control{Store: store.New(rdb)}
+	r, err := c.Promote(ctx, id, time.Now())
 	if err != nil {
 		return err
 	}
-	if r.State != store.RolloutRunning && r.State != store.RolloutPaused && r.State != store.RolloutScheduled {
-		return fmt.Errorf("promote: rollout %s is %s", id, r.State)
-	}
-	// "promoted" is the stage allowed to move on: the current one.
-	if err := st.SetFields(ctx, id, "promoted", r.Stage); err != nil {
-		return err
-	}
-	_ = st.Event(ctx, id, time.Now(), whoAmI(), fmt.Sprintf("promote stage %d", r.Stage+1))
 	fmt.Fprintf(e.Stdout, "rollout %s: stage %d (%s) promoted; the next stage starts when it is done\n", id, r.Stage+1, r.Stages[r.Stage].Name)
 	return nil
 }

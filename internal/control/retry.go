@@ -39,3 +39,20 @@ func (c *Control) RetryFailed(ctx context.Context, id string, now time.Time) (in
 	_ = c.Store.Event(ctx, id, now, "retry", "re-queued failed CVMs")
 	return c.Queue.Enqueue(ctx, id, gen, ids, tasks.EnqueueOptions{MaxAttempts: rp.MaxAttempts, Deadline: rp.Deadline + time.Minute})
 }
+
+// Promote lets the current stage move on once it is done: past a manual
+// gate, or before its bake has run out.
+func (c *Control) Promote(ctx context.Context, id string, now time.Time) (*store.Rollout, error) {
+	r, err := c.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.State == store.RolloutCompleted || r.State == store.RolloutCancelled {
+		return nil, fmt.Errorf("promote: rollout %s is %s", id, r.State)
+	}
+	if err := c.Store.SetFields(ctx, id, "promoted", r.Stage); err != nil {
+		return nil, err
+	}
+	_ = c.Store.Event(ctx, id, now, "promote", fmt.Sprintf("stage %d promoted", r.Stage+1))
+	return r, nil
+}

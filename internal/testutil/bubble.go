@@ -37,7 +37,7 @@ func InBubble(t testing.TB, fleet sim.FleetOptions) *Bundle {
 		},
 	})
 	t.Cleanup(func() { rdb.Close() })
-	b := &Bundle{RDB: rdb, Store: store.New(rdb), Key: sim.NewAPIKey()}
+	b := &Bundle{RDB: rdb, Store: store.New(rdb), Key: sim.NewAPIKey(), Tick: time.Second}
 	b.Sim = sim.New(sim.Options{APIKey: b.Key, Fleet: fleet})
 	b.SimURL = "http://sim.invalid/api/v1"
 	var err error

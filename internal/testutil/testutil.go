@@ -12,9 +12,13 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/control"
+	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/phalafleet/rollout/internal/worker"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -52,6 +56,9 @@ type Bundle struct {
 	SimURL   string // API prefix
 	Key      string
 	API      *api.Client
+	// Tick is the controller interval of Workers (fine on a real clock,
+	// coarser in a bubble, where every tick of fake time costs real CPU).
+	Tick time.Duration
 }
 
 // Setup starts the simulator with fleet and a Redis.
@@ -80,7 +87,7 @@ func (b *Bundle) Workers(t testing.TB, n, concurrency int) (stop func()) {
 	for range n {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			_ = worker.Run(ctx, b.RDB, worker.Config{Concurrency: concurrency, API: b.API, ControllerInterval: 50 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
+			_ = worker.Run(ctx, b.RDB, worker.Config{Concurrency: concurrency, API: b.API, ControllerInterval: max(b.Tick, 50*time.Millisecond), ShutdownTimeout: 5 * time.Second})
 		}()
 	}
 	stopped := false
@@ -126,4 +133,37 @@ func WriteFile(t testing.TB, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// Apply parses yaml, plans it against the simulator and applies it.
+func (b *Bundle) Apply(t testing.TB, yaml string) *plan.Plan {
+	t.Helper()
+	f, err := plan.Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := plan.Build(ctx, b.API, f, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Control().Apply(ctx, p, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Control returns a control.Control on the bundle's Redis.
+func (b *Bundle) Control() *control.Control {
+	return &control.Control{Store: b.Store, Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(b.RDB)}}
+}
+
+// Records returns every CVM record of a rollout by CVM id.
+func (b *Bundle) Records(t testing.TB, id string) map[string]store.CVMRecord {
+	t.Helper()
+	out := map[string]store.CVMRecord{}
+	if err := b.Store.Records(context.Background(), id, func(r store.CVMRecord) error { out[r.CVMID] = r; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

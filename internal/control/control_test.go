@@ -1,0 +1,294 @@
+package control_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/testutil"
+)
+
+const head = "name: c\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nretry: {max_attempts: 3, backoff: {base: 1s, max: 2s}}\n"
+
+// fleet has no old or unknown VMMs, so every CVM is patched.
+var fleet = sim.FleetOptions{CVMs: 24, Seed: 11, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9}
+
+func get(t *testing.T, b *testutil.Bundle, id string) *store.Rollout {
+	t.Helper()
+	r, err := b.Store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// waitFor polls cond once per fake second, up to limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(time.Second) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out after %s (fake time) waiting for %s", limit, what)
+}
+
+func accountedFor(t *testing.T, b *testutil.Bundle, p *plan.Plan) map[string]store.CVMRecord {
+	t.Helper()
+	recs := b.Records(t, p.ID)
+	if len(recs) != len(p.Items) {
+		t.Fatalf("%d records for %d planned CVMs", len(recs), len(p.Items))
+	}
+	r := get(t, b, p.ID)
+	sum := 0
+	for _, n := range r.Counts {
+		sum += n
+	}
+	if sum != r.Total || r.Total != len(p.Items) {
+		t.Fatalf("counts %v add up to %d, total %d", r.Counts, sum, r.Total)
+	}
+	counted := map[string]int{}
+	for _, rec := range recs {
+		counted[rec.State]++
+	}
+	for st, n := range r.Counts {
+		if counted[st] != n {
+			t.Fatalf("counter %s=%d but %d records are %s", st, n, counted[st], st)
+		}
+	}
+	return recs
+}
+
+func TestStageWaitsForBake(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, fleet)
+		p := b.Apply(t, head+"stages: [3, \"100%\"]\nbake: 10m\n")
+		if len(p.Stages) != 2 || p.Stages[0].Size != 3 {
+			t.Fatalf("stages %+v", p.Stages)
+		}
+		b.Workers(t, 2, 4)
+		waitFor(t, 5*time.Minute, "stage 1 done", func() bool { return get(t, b, p.ID).Stages[0].Done() == 3 })
+		stageDone := time.Now()
+		time.Sleep(9 * time.Minute)
+		r := get(t, b, p.ID)
+		if r.Stage != 0 || r.Stages[1].Counts[store.Pending] != r.Stages[1].Size || b.Sim.Stats().Patches != 3 {
+			t.Fatalf("stage 2 started during the bake: %+v, %d PATCHes", r.Stages, b.Sim.Stats().Patches)
+		}
+		b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
+		var lastStage1, firstStage2 time.Time
+		for _, rec := range accountedFor(t, b, p) {
+			if rec.Stage == 0 && rec.FinishedAt.After(lastStage1) {
+				lastStage1 = rec.FinishedAt
+			}
+			if rec.Stage == 1 && (firstStage2.IsZero() || rec.StartedAt.Before(firstStage2)) {
+				firstStage2 = rec.StartedAt
+			}
+		}
+		if firstStage2.Sub(lastStage1) < 10*time.Minute || firstStage2.Sub(stageDone) > 12*time.Minute {
+			t.Fatalf("stage 2 started %s after stage 1 ended (bake 10m)", firstStage2.Sub(lastStage1))
+		}
+	})
+}
+
+func TestManualPromote(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, fleet)
+		p := b.Apply(t, head+"stages: [{name: canary, count: 2, promote: manual}, \"100%\"]\n")
+		b.Workers(t, 1, 4)
+		waitFor(t, 5*time.Minute, "canary done", func() bool { return get(t, b, p.ID).Stages[0].Done() == 2 })
+		time.Sleep(30 * time.Minute)
+		r := get(t, b, p.ID)
+		if r.Stage != 0 || r.State != store.RolloutRunning || b.Sim.Stats().Patches != 2 {
+			t.Fatalf("moved on without promote: stage %d state %s", r.Stage, r.State)
+		}
+		if want := "waiting for `rollout promote " + p.ID + "`"; r.Reason == "" || !contains(r.Reason, want) {
+			t.Fatalf("reason %q", r.Reason)
+		}
+		if _, err := b.Control().Promote(context.Background(), p.ID, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
+		accountedFor(t, b, p)
+	})
+}
+
+func TestFailureBudgetTripsAtExactCount(t *testing.T) {
+	cases := []struct {
+		name        string
+		budget      string
+		outcomes    string // f: fail, s: succeed, in order
+		tripsAtStep int    // 1-based index into outcomes; 0: never
+	}{
+		{"max 2: third failure", "{max_failed: 2}", "sfsfsfs", 6},
+		{"max 0: first failure", "{max_failed: 0}", "ssf", 3},
+		{"min_executed holds it back", "{max_failed: 1, min_executed: 6}", "ffffss", 6},
+		{"percent of 10, rounded down", "{max_failed: \"25%\"}", "fsfsf", 5}, // 25% of 10 = 2
+		{"cancel action", "{max_failed: 1, action: cancel}", "ff", 2},
+		{"skipped never counts", "{max_failed: 0}", "kkks", 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b := testutil.Setup(t, sim.FleetOptions{CVMs: 10, Seed: 2, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+			p := b.Apply(t, head+"failure_budget: "+c.budget+"\n")
+			ctx := context.Background()
+			for i, o := range c.outcomes {
+				to := map[rune]string{'f': store.Failed, 's': store.Succeeded, 'k': store.Skipped}[o]
+				cvm := p.Items[i].CVMID
+				if _, err := b.Store.Move(ctx, p.ID, cvm, store.Running, store.ModeBegin, time.Now()); err != nil {
+					t.Fatal(err)
+				}
+				tr, err := b.Store.Move(ctx, p.ID, cvm, to, store.ModeFinish, time.Now(), "reason", "test")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tripped := tr.Tripped != ""; tripped != (i+1 == c.tripsAtStep) {
+					t.Fatalf("step %d (%c): tripped=%q, want a trip at step %d", i+1, o, tr.Tripped, c.tripsAtStep)
+				}
+				if tr.Tripped != "" {
+					want := store.RolloutPaused
+					if contains(c.budget, "cancel") {
+						want = store.RolloutCancelled
+					}
+					if r := get(t, b, p.ID); r.State != want || !contains(r.Reason, "failure budget exceeded") {
+						t.Fatalf("after the trip: %s (%s)", r.State, r.Reason)
+					}
+					return
+				}
+			}
+			if c.tripsAtStep != 0 {
+				t.Fatal("never tripped")
+			}
+		})
+	}
+}
+
+func TestPauseStopsDispatchAndResumeFinishes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, fleet)
+		b.Sim.SetFaults(sim.Faults{Latency: time.Second})
+		p := b.Apply(t, head)
+		b.Workers(t, 1, 3)
+		waitFor(t, time.Minute, "some progress", func() bool { return get(t, b, p.ID).Counts[store.Succeeded] >= 3 })
+		if _, ok, err := b.Store.SetState(context.Background(), p.ID, store.RolloutPaused, "test", time.Now(), store.RolloutRunning); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		pausedAt := time.Now()
+		time.Sleep(2 * time.Minute)
+		r := get(t, b, p.ID)
+		if r.Counts[store.Running] != 0 || r.Counts[store.Pending] == 0 {
+			t.Fatalf("while paused: %v", r.Counts)
+		}
+		for _, rec := range b.Records(t, p.ID) {
+			if rec.StartedAt.After(pausedAt) {
+				t.Fatalf("%s started %s after the pause", rec.CVMID, rec.StartedAt.Sub(pausedAt))
+			}
+			if rec.State == store.Pending && rec.Attempts != 0 {
+				t.Fatalf("%s used %d attempts while paused", rec.CVMID, rec.Attempts)
+			}
+		}
+		patches := b.Sim.Stats().Patches
+		time.Sleep(5 * time.Minute)
+		if b.Sim.Stats().Patches != patches {
+			t.Fatal("PATCHes went on while paused")
+		}
+		if _, ok, err := b.Store.SetState(context.Background(), p.ID, store.RolloutRunning, "", time.Now(), store.RolloutPaused); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
+		for id, rec := range accountedFor(t, b, p) {
+			if rec.State != store.Succeeded || b.Sim.Stats().PatchesPerCVM[id] != 1 {
+				t.Fatalf("%s: %s after %d PATCHes", id, rec.State, b.Sim.Stats().PatchesPerCVM[id])
+			}
+		}
+	})
+}
+
+func TestCancelAccountsForEveryCVM(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, fleet)
+		b.Sim.SetFaults(sim.Faults{Latency: time.Second})
+		p := b.Apply(t, head+"stages: [4, \"100%\"]\n")
+		b.Workers(t, 1, 2)
+		waitFor(t, time.Minute, "stage 2", func() bool { return get(t, b, p.ID).Stage == 1 && get(t, b, p.ID).Counts[store.Succeeded] >= 6 })
+		if _, ok, err := b.Store.SetState(context.Background(), p.ID, store.RolloutCancelled, "test", time.Now(), store.RolloutRunning); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		waitFor(t, 10*time.Minute, "cancel to settle", func() bool {
+			r := get(t, b, p.ID)
+			return r.Counts[store.Pending]+r.Counts[store.Running] == 0
+		})
+		recs := accountedFor(t, b, p)
+		stats := b.Sim.Stats()
+		cancelled := 0
+		for id, rec := range recs {
+			switch rec.State {
+			case store.Cancelled:
+				cancelled++
+				if stats.PatchesPerCVM[id] != 0 {
+					t.Fatalf("cancelled %s was patched", id)
+				}
+			case store.Succeeded:
+				if stats.PatchesPerCVM[id] != 1 {
+					t.Fatalf("%s patched %d times", id, stats.PatchesPerCVM[id])
+				}
+			default:
+				t.Fatalf("%s ended %s", id, rec.State)
+			}
+		}
+		if cancelled == 0 {
+			t.Fatal("nothing was cancelled")
+		}
+	})
+}
+
+func TestRetryFailed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, fleet)
+		p := b.Apply(t, head)
+		bad := []string{p.Items[0].CVMID, p.Items[5].CVMID, p.Items[9].CVMID}
+		for _, id := range bad {
+			b.Sim.FailPatch(id, 403)
+		}
+		b.Workers(t, 1, 4)
+		r := b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
+		if r.Counts[store.Failed] != 3 {
+			t.Fatalf("counts %v", r.Counts)
+		}
+		for _, id := range bad {
+			b.Sim.FailPatch(id, 0)
+		}
+		// Two operators at once: each CVM is queued by exactly one of them.
+		var wg sync.WaitGroup
+		queued := make([]int, 2)
+		for i := range 2 {
+			wg.Go(func() {
+				n, err := b.Control().RetryFailed(context.Background(), p.ID, time.Now())
+				if err != nil {
+					t.Error(err)
+				}
+				queued[i] = n
+			})
+		}
+		wg.Wait()
+		if queued[0]+queued[1] != 3 {
+			t.Fatalf("queued %v, want 3 in all", queued)
+		}
+		waitFor(t, time.Hour, "retry to finish", func() bool {
+			r := get(t, b, p.ID)
+			return r.State == store.RolloutCompleted && r.Counts[store.Succeeded] == len(p.Items)
+		})
+		for id, rec := range accountedFor(t, b, p) {
+			if kms, _, _ := b.Sim.Config(id); rec.State != store.Succeeded || len(kms) != 1 {
+				t.Fatalf("%s: %s %v", id, rec.State, kms)
+			}
+		}
+	})
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
