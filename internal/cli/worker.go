@@ -5,6 +5,7 @@ import (
 	"flag"
 	"time"
 
+	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/worker"
 )
 
@@ -17,6 +18,8 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	drain := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long in-flight CVMs may finish after SIGTERM")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
 	debug := fs.Bool("debug", false, "log every CVM")
+	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
+	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -31,7 +34,8 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	defer rdb.Close()
 	log := logger(e, *debug)
 	log.Info("worker started", "concurrency", *conc)
-	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second})
+	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
+		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}})
 	log.Info("worker stopped")
 	return err
 }

@@ -134,6 +134,23 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 	if !spec.Target.Reached(got) {
 		return result{}, fmt.Errorf("PATCH answered 200 but the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)
 	}
+	if spec.Target.Restart {
+		// The VMM applies the URLs at boot: success means the CVM is back
+		// up and still reports them.
+		if err := waitRunning(ctx, client, p.CVM); err != nil {
+			if ctx.Err() != nil {
+				return result{state: store.Failed, reason: fmt.Sprintf("patched, but the CVM was not running again within %s: %v", rp.Deadline, err),
+					fields: []string{"patched", "1"}}, nil
+			}
+			return result{}, err
+		}
+		if got, err = client.GetNetworkConfig(ctx, p.CVM); err != nil {
+			return result{}, err
+		}
+		if !spec.Target.Reached(got) {
+			return result{}, fmt.Errorf("after the restart the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)
+		}
+	}
 	return result{state: store.Succeeded, fields: []string{"applied_kms", store.JSONList(got.KMSURLs),
 		"applied_gw", store.JSONList(got.GatewayURLs), "patched", "1", "http_status", "200"}}, nil
 }
@@ -190,6 +207,33 @@ func (h *Handler) requeue(ctx context.Context, p Payload, mode, reason string, s
 		return err
 	}
 	return ret
+}
+
+// waitRunning polls GET /cvms/{id} with backoff (0.5s doubling to 10s)
+// until the CVM is running with no operation in progress, or ctx (the
+// CVM's deadline) ends.
+func waitRunning(ctx context.Context, client API, id string) error {
+	wait := 500 * time.Millisecond
+	for {
+		c, err := client.GetCVM(ctx, id)
+		if err != nil && !api.Transient(err) {
+			return err
+		}
+		if err == nil && c.Status == "running" && !c.InProgress {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if err == nil {
+				err = fmt.Errorf("status %s", c.Status)
+			}
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
 }
 
 func (h *Handler) spec(ctx context.Context, id string) (*plan.File, error) {

@@ -33,8 +33,9 @@ type cvm struct {
 	node                            *node
 	kms, gateway                    []string
 	ports                           []port
-	restartUntil                    time.Time // status is "restarting" until then
-	neverBack                       bool      // a restart leaves it stopped
+	restartUntil                    time.Time     // stopping, then starting, until then
+	restartHalf                     time.Duration // the starting half of a restart
+	neverBack                       bool          // a restart leaves it stopped
 }
 
 type port struct {

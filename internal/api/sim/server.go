@@ -394,7 +394,8 @@ func (s *Server) patchNetworkConfig(w http.ResponseWriter, r *http.Request) {
 	}
 	if upd.Restart {
 		c.status = "restarting"
-		c.restartUntil = time.Now().Add(max(s.faults.RestartTime, time.Millisecond))
+		d := max(s.faults.RestartTime, time.Millisecond)
+		c.restartUntil, c.restartHalf = time.Now().Add(d), d/2
 	}
 	writeJSON(w, http.StatusOK, c.networkConfig())
 }
@@ -444,12 +445,19 @@ func (c *cvm) settle() {
 
 func (c *cvm) info() map[string]any {
 	c.settle()
+	status := c.status
+	if !c.restartUntil.IsZero() {
+		status = "starting"
+		if time.Until(c.restartUntil) > c.restartHalf {
+			status = "stopping"
+		}
+	}
 	n := c.node
 	return map[string]any{
 		"id": c.id, "name": c.name, "app_id": c.appID, "vm_uuid": c.vmUUID, "instance_id": nil,
 		"resource":  map[string]any{"instance_type": "tdx.small", "vcpu": 1, "memory_in_gb": 2, "disk_in_gb": 20},
 		"node_info": map[string]any{"object_type": "node", "id": n.id, "node_id": n.id, "name": n.name, "region": n.region, "status": "ONLINE", "version": n.version},
-		"status":    c.status, "in_progress": !c.restartUntil.IsZero(),
+		"status":    status, "in_progress": !c.restartUntil.IsZero(),
 		"gateway":  map[string]any{"base_domain": "phala.example", "cname": c.appID[:12] + ".phala.example"},
 		"kms_type": "phala",
 	}
