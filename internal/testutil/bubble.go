@@ -48,3 +48,6 @@ func InBubble(t testing.TB, fleet sim.FleetOptions) *Bundle {
 	}
 	return b
 }
+
+// NoFleet is an empty fleet, for tests that need only Redis.
+var NoFleet = sim.FleetOptions{}

@@ -1,0 +1,144 @@
+package ratelimit_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/ratelimit"
+	"github.com/phalafleet/rollout/internal/testutil"
+)
+
+// TestRateSharedByWorkers: three "workers" taking tokens for one rollout
+// together get the configured rate, within 5%, over 30 s of fake time.
+func TestRateSharedByWorkers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, testutil.NoFleet)
+		l := ratelimit.New(b.RDB)
+		lim := ratelimit.Limits{PerSecond: 20, Burst: 1}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var got atomic.Int64
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					if wait, err := l.Take(ctx, "r1", lim); err == nil && wait == 0 {
+						got.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if n := got.Load(); n < 570 || n > 630 {
+			t.Fatalf("%d requests in 30s at 20/s", n)
+		}
+	})
+}
+
+func TestAdaptiveDecreaseAndRecovery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, testutil.NoFleet)
+		l := ratelimit.New(b.RDB)
+		lim := ratelimit.Limits{PerSecond: 100, Adaptive: true}
+		ctx := context.Background()
+		rate := func() float64 {
+			r, err := l.Rate(ctx, "r", lim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		if r := rate(); r != 100 {
+			t.Fatalf("start %v", r)
+		}
+		// A burst of 429s within one second lowers the rate once.
+		for range 10 {
+			l.Feedback(ctx, "r", lim, true)
+		}
+		if r := rate(); r != 80 {
+			t.Fatalf("after a burst of 429s: %v, want 80", r)
+		}
+		time.Sleep(1100 * time.Millisecond)
+		l.Feedback(ctx, "r", lim, true)
+		if r := rate(); r != 64 {
+			t.Fatalf("after a second throttle: %v, want 64", r)
+		}
+		// Good answers raise it gradually, never above the ceiling.
+		prev := rate()
+		for range 40 {
+			time.Sleep(time.Second)
+			l.Feedback(ctx, "r", lim, false)
+			r := rate()
+			if r < prev || r > 100 {
+				t.Fatalf("recovery went %v -> %v", prev, r)
+			}
+			prev = r
+		}
+		if prev != 100 {
+			t.Fatalf("did not recover: %v", prev)
+		}
+		// Fixed mode ignores feedback.
+		fixed := ratelimit.Limits{PerSecond: 50}
+		l.Feedback(ctx, "f", fixed, true)
+		if r, _ := l.Rate(ctx, "f", fixed); r != 50 {
+			t.Fatalf("fixed rate moved to %v", r)
+		}
+	})
+}
+
+func TestInFlightSlots(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, testutil.NoFleet)
+		l := ratelimit.New(b.RDB)
+		lim := ratelimit.Limits{MaxInFlight: 3}
+		ctx := context.Background()
+		var cur, peak, done atomic.Int64
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Go(func() {
+				for {
+					rel, err := l.Slot(ctx, "r", lim, 5*time.Second, time.Minute)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if rel == nil {
+						continue
+					}
+					n := cur.Add(1)
+					for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+					}
+					time.Sleep(100 * time.Millisecond)
+					cur.Add(-1)
+					rel()
+					done.Add(1)
+					return
+				}
+			})
+		}
+		wg.Wait()
+		if peak.Load() != 3 || done.Load() != 10 {
+			t.Fatalf("peak %d in flight (max 3), %d done", peak.Load(), done.Load())
+		}
+		// A holder that dies keeps its slot only until its lease ends.
+		for range 3 {
+			if rel, err := l.Slot(ctx, "dead", lim, time.Second, 10*time.Second); err != nil || rel == nil {
+				t.Fatal("no slot", err)
+			}
+		}
+		if rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute); rel != nil {
+			t.Fatal("a fourth slot")
+		}
+		time.Sleep(11 * time.Second)
+		if n, err := l.Reap(ctx, "dead"); err != nil || n != 3 {
+			t.Fatalf("reaped %d, %v", n, err)
+		}
+		if rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute); rel == nil {
+			t.Fatal("no slot after the reap")
+		}
+	})
+}
