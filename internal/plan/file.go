@@ -72,7 +72,7 @@ type Retry struct {
 	Deadline       time.Duration `yaml:"deadline" json:"deadline,omitempty"`
 }
 
-// Backoff is exponential with full jitter between Base and Max.
+// Backoff is exponential with "equal jitter" between Base and Max.
 type Backoff struct {
 	Base time.Duration `yaml:"base" json:"base,omitempty"`
 	Max  time.Duration `yaml:"max" json:"max,omitempty"`
@@ -80,7 +80,7 @@ type Backoff struct {
 
 // Retry defaults.
 const (
-	DefaultMaxAttempts    = 5
+	DefaultMaxAttempts    = 8 // with the backoff below, rides out an API outage of about 2 minutes
 	DefaultBackoffBase    = 2 * time.Second
 	DefaultBackoffMax     = 2 * time.Minute
 	DefaultAttemptTimeout = 30 * time.Second
@@ -107,16 +107,18 @@ func (r Retry) WithDefaults() Retry {
 	return r
 }
 
-// Delay is the wait before retry n (1-based): a random duration in
-// [0, min(Max, Base*2^(n-1))] ("full jitter"), at least one second since
-// asynq schedules retries in whole seconds.
+// Delay is the wait before retry n (1-based): with d = min(Max,
+// Base*2^(n-1)), a random duration in [d/2, d] ("equal jitter": spread out,
+// yet the total wait of n retries has a floor, so a short API outage does
+// not use up every attempt), at least one second since asynq schedules
+// retries in whole seconds.
 func (b Backoff) Delay(n int) time.Duration {
 	d := b.Base
 	for i := 1; i < n && d < b.Max; i++ {
 		d *= 2
 	}
 	d = min(d, b.Max)
-	return max(time.Second, time.Duration(rand.Int64N(int64(d)+1)))
+	return max(time.Second, d/2+time.Duration(rand.Int64N(int64(d/2)+1)))
 }
 
 // Str is a string that remembers the file line it came from, so an error

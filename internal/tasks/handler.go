@@ -100,6 +100,7 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 	rp := spec.Retry.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
+	client = timed{client, rp.AttemptTimeout}
 	cvm, err := client.GetCVM(ctx, p.CVM)
 	if err != nil {
 		return result{}, err
@@ -279,4 +280,29 @@ func (h *Handler) RetryDelay(n int, err error, t *asynq.Task) time.Duration {
 		}
 	}
 	return RetryDelay(n, err, backoff.Delay)
+}
+
+// timed bounds each API call of a try by the file's attempt_timeout (a hung
+// request ends there and is retried), inside the try's overall deadline.
+type timed struct {
+	API
+	d time.Duration
+}
+
+func (t timed) GetCVM(ctx context.Context, id string) (*api.CVM, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	return t.API.GetCVM(ctx, id)
+}
+
+func (t timed) GetNetworkConfig(ctx context.Context, id string) (*api.NetworkConfig, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	return t.API.GetNetworkConfig(ctx, id)
+}
+
+func (t timed) PatchNetworkConfig(ctx context.Context, id string, upd api.NetworkConfigUpdate) (*api.NetworkConfig, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	return t.API.PatchNetworkConfig(ctx, id, upd)
 }

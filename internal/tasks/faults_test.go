@@ -1,0 +1,71 @@
+package tasks_test
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/testutil"
+)
+
+// TestFaultTolerance runs a rollout against each fault the simulator can
+// inject. In every case every CVM ends in exactly one terminal state, none
+// is patched more often than its attempts allow, and (for faults a retry
+// policy should ride out) none fails.
+func TestFaultTolerance(t *testing.T) {
+	const file = "name: f\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n" +
+		"retry: {attempt_timeout: 5s, deadline: 1m}\n"
+	cases := []struct {
+		name      string
+		faults    sim.Faults
+		extra     string
+		outageFor time.Duration // the API answers 503 to everything for this long, then recovers
+		mayFail   bool
+	}{
+		{name: "5xx ratio", faults: sim.Faults{ErrorRate: 0.3}},
+		{name: "429 bursts", faults: sim.Faults{RateLimit: 5, RateBurst: 10}},
+		{name: "latency spikes", faults: sim.Faults{Latency: 100 * time.Millisecond, LatencySpike: 0.2}},
+		{name: "dropped connections", faults: sim.Faults{DropRate: 0.2}},
+		{name: "hung requests", faults: sim.Faults{HangRate: 0.1}},
+		{name: "API down for a minute", outageFor: time.Minute},
+		{name: "adaptive under an unknown limit", faults: sim.Faults{RateLimit: 8, RateBurst: 2}, extra: "rate: {per_second: 100}\n"},
+		{name: "all at once", faults: sim.Faults{ErrorRate: 0.1, DropRate: 0.05, HangRate: 0.05, RateLimit: 20, Latency: 50 * time.Millisecond, LatencySpike: 0.05}, mayFail: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := testutil.InBubble(t, sim.FleetOptions{CVMs: 40, Seed: 21})
+				p := b.Apply(t, file+c.extra)
+				if c.outageFor > 0 {
+					b.Sim.SetFaults(sim.Faults{Down: true})
+					time.AfterFunc(c.outageFor, func() { b.Sim.SetFaults(sim.Faults{}) })
+				} else {
+					b.Sim.SetFaults(c.faults)
+				}
+				b.Workers(t, 2, 8)
+				r := b.WaitState(t, p.ID, 2*time.Hour, store.RolloutCompleted)
+				stats := b.Sim.Stats()
+				for id, rec := range b.Records(t, p.ID) {
+					if !store.Terminal(rec.State) {
+						t.Errorf("%s ended %s", id, rec.State)
+					}
+					if n := stats.PatchesPerCVM[id]; n > 8 {
+						t.Errorf("%s patched %d times (max_attempts 8)", id, n)
+					}
+					if rec.State == store.Failed && !c.mayFail {
+						t.Errorf("%s failed: %s", id, rec.Reason)
+					}
+				}
+				if c.outageFor > 0 && stats.ServerErrors == 0 || c.faults.RateLimit > 0 && stats.Throttled == 0 ||
+					c.faults.ErrorRate > 0 && stats.ServerErrors == 0 {
+					t.Errorf("the fault was not exercised: %+v", stats)
+				}
+				if r.Counts[store.Succeeded] == 0 {
+					t.Fatalf("nothing succeeded: %v", r.Counts)
+				}
+			})
+		})
+	}
+}
