@@ -10,6 +10,7 @@ import (
 
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/redis/go-redis/v9"
 )
 
 // Controller drives every active rollout forward: it dispatches the next
@@ -51,21 +52,25 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// leadScript takes the controller lock, or renews it if this process holds
+// it, atomically. KEYS[1] lock; ARGV owner, ttl (ms). Returns 1 if held.
+var leadScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+`)
+
 // lead takes or renews the controller lock.
 func (c *Controller) lead(ctx context.Context) (bool, error) {
-	rdb := c.Store.Redis()
-	ok, err := rdb.SetNX(ctx, store.ControllerLockKey, c.Owner, lockTTL).Result()
-	if err != nil || ok {
-		return ok, err
-	}
-	owner, err := rdb.Get(ctx, store.ControllerLockKey).Result()
-	if err != nil {
-		return false, err
-	}
-	if owner == c.Owner {
-		return true, rdb.Expire(ctx, store.ControllerLockKey, lockTTL).Err()
-	}
-	return false, nil
+	n, err := leadScript.Run(ctx, c.Store.Redis(), []string{store.ControllerLockKey}, c.Owner, lockTTL.Milliseconds()).Int()
+	return n == 1, err
 }
 
 func (c *Controller) release() {

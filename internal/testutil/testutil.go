@@ -32,6 +32,23 @@ func Redis(t testing.TB) (redis.UniversalClient, string) {
 	if url == "" {
 		m := miniredis.RunT(t)
 		url = "redis://" + m.Addr() + "/0"
+		// Let TTLs run as on a real Redis (locks and leases expire).
+		stop := make(chan struct{})
+		t.Cleanup(func() { close(stop) })
+		go func() {
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			last := time.Now()
+			for {
+				select {
+				case <-stop:
+					return
+				case now := <-tick.C:
+					m.FastForward(now.Sub(last))
+					last = now
+				}
+			}
+		}()
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
