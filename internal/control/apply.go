@@ -69,6 +69,12 @@ func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.
 		return Applied{}, fmt.Errorf("recording rollout %s: %w", p.ID, err)
 	}
 	out := Applied{ID: p.ID, Created: created}
+	// Only the rollout the file names repeats; its runs (RunID) do not.
+	if s := p.File.Schedule; created && s != nil && s.Repeat > 0 && p.ID == p.Name+"-"+p.SpecHash[:8] {
+		if err := c.Store.Repeat(ctx, p.ID); err != nil {
+			return out, err
+		}
+	}
 	r, err := c.Store.Get(ctx, p.ID)
 	if err != nil {
 		return out, err

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
@@ -292,3 +293,46 @@ func TestRetryFailed(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestRepeatReconcilesDrift: with schedule.repeat, a CVM that drifted from
+// the target after the first run is patched again by a second run, one run
+// at a time, while two workers' controllers run.
+func TestRepeatReconcilesDrift(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, fleet)
+		p := b.Apply(t, head+"schedule: {repeat: 10m}\n")
+		b.Workers(t, 2, 4)
+		b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
+		drifted := []string{p.Items[1].CVMID, p.Items[7].CVMID}
+		for _, id := range drifted {
+			b.Sim.SetConfig(id, []string{"https://kms-rogue.example:8000"}, nil)
+		}
+		time.Sleep(5 * time.Minute)
+		if _, err := b.Store.Get(context.Background(), control.RunID(p.ID, 2)); err == nil {
+			t.Fatal("run 2 started before the repeat period")
+		}
+		run2 := control.RunID(p.ID, 2)
+		waitFor(t, 10*time.Minute, "run 2", func() bool {
+			r, err := b.Store.Get(context.Background(), run2)
+			return err == nil && r.State == store.RolloutCompleted
+		})
+		r := get(t, b, run2)
+		if r.Counts[store.Succeeded] != 2 || r.Counts[store.Unchanged] != len(p.Items)-2 {
+			t.Fatalf("run 2 counts %v", r.Counts)
+		}
+		for _, id := range drifted {
+			if kms, _, _ := b.Sim.Config(id); kms[0] != "https://kms-new.example:8000" || b.Sim.Stats().PatchesPerCVM[id] != 2 {
+				t.Fatalf("%s: %v after %d PATCHes", id, kms, b.Sim.Stats().PatchesPerCVM[id])
+			}
+		}
+		// Run 3 comes 10 minutes after run 2 and finds nothing to do.
+		time.Sleep(12 * time.Minute)
+		r3 := get(t, b, control.RunID(p.ID, 3))
+		if r3.Counts[store.Unchanged] != len(p.Items) {
+			t.Fatalf("run 3 counts %v", r3.Counts)
+		}
+		if _, err := b.Store.Get(context.Background(), control.RunID(p.ID, 4)); err == nil {
+			t.Fatal("run 4 already")
+		}
+	})
+}

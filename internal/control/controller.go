@@ -23,6 +23,8 @@ type Controller struct {
 	Owner  string // unique per process: host/pid
 	Log    *slog.Logger
 	Reaper SlotReaper // returns in-flight slots of dead workers; may be nil
+	// Planner re-plans repeating rollouts (schedule.repeat); may be nil.
+	Planner plan.Reader
 }
 
 // SlotReaper returns in-flight slots whose holders died.
@@ -91,6 +93,15 @@ func (c *Controller) Tick(ctx context.Context, now time.Time) error {
 	var errs []error
 	for _, id := range ids {
 		if err := c.Step(ctx, id, now); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", id, err))
+		}
+	}
+	repeating, err := c.Store.Repeating(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range repeating {
+		if err := c.repeatStep(ctx, id, now); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", id, err))
 		}
 	}

@@ -35,6 +35,9 @@ const IndexKey = prefix + "index"
 // controller drives.
 const ActiveKey = prefix + "active"
 
+// RepeatingKey is the set of rollouts with schedule.repeat still to run.
+const RepeatingKey = prefix + "repeating"
+
 // ControllerLockKey elects the one process that drives progression.
 const ControllerLockKey = prefix + "controller-lock"
 

@@ -414,3 +414,18 @@ func (s *Store) ResetFailed(ctx context.Context, id string, now time.Time) (ids 
 func (s *Store) Reactivate(ctx context.Context, id string) error {
 	return s.rdb.SAdd(ctx, ActiveKey, id).Err()
 }
+
+// Repeat marks a rollout as repeating (schedule.repeat).
+func (s *Store) Repeat(ctx context.Context, id string) error {
+	return s.rdb.SAdd(ctx, RepeatingKey, id).Err()
+}
+
+// Repeating lists the repeating rollouts.
+func (s *Store) Repeating(ctx context.Context) ([]string, error) {
+	return s.rdb.SMembers(ctx, RepeatingKey).Result()
+}
+
+// StopRepeating ends a rollout's repeats.
+func (s *Store) StopRepeating(ctx context.Context, id string) error {
+	return s.rdb.SRem(ctx, RepeatingKey, id).Err()
+}

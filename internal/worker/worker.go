@@ -88,6 +88,9 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		}
 		ctl := &control.Controller{Control: &control.Control{Store: st, Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}},
 			Owner: cfg.Name, Log: cfg.Log, Reaper: lim}
+		if r, ok := cfg.API.(plan.Reader); ok {
+			ctl.Planner = r
+		}
 		ctl.Run(cctx, cfg.ControllerInterval)
 	}()
 	<-ctx.Done()

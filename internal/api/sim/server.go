@@ -166,6 +166,15 @@ func (s *Server) Config(id string) (kms, gateway []string, ok bool) {
 	return append([]string(nil), c.kms...), append([]string(nil), c.gateway...), true
 }
 
+// SetConfig sets a CVM's URLs, as if someone changed them outside a rollout.
+func (s *Server) SetConfig(id string, kms, gateway []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.cvms[id]; c != nil {
+		c.kms, c.gateway = kms, gateway
+	}
+}
+
 // IDs lists the fleet's CVM ids in list order.
 func (s *Server) IDs() []string {
 	s.mu.RLock()

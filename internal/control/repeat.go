@@ -1,0 +1,71 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/store"
+)
+
+// Recurring reconcile (schedule.repeat): a rollout whose file sets repeat
+// is re-planned on that period once its latest run has finished, and the
+// CVMs that joined the selection or drifted from the target since are
+// rolled out to as a new run: a rollout of its own, with the id
+// "<id>-run<N>" and its own counts. Runs never overlap, whatever the
+// number of controllers: only the lock holder plans, only after the
+// latest run finished, and run ids are deterministic, so a second attempt
+// at the same run continues it instead of starting another.
+
+// repeatStep starts the next run of base if it is due.
+func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time) error {
+	b, err := c.Store.Get(ctx, base)
+	if err != nil {
+		return err
+	}
+	spec, err := Spec(b)
+	if err != nil {
+		return err
+	}
+	if b.State == store.RolloutCancelled || spec.Schedule == nil || spec.Schedule.Repeat <= 0 {
+		return c.Store.StopRepeating(ctx, base)
+	}
+	if _, _, ended := spec.Schedule.Gate(now); ended {
+		return c.Store.StopRepeating(ctx, base)
+	}
+	n := atoi(b.Fields["runs"])
+	latest := base
+	if n > 1 {
+		latest = RunID(base, n)
+	}
+	r, err := c.Store.Get(ctx, latest)
+	if err != nil {
+		return err
+	}
+	if !finished(r.State) || now.Before(r.UpdatedAt.Add(spec.Schedule.Repeat)) {
+		return nil
+	}
+	if c.Planner == nil {
+		return fmt.Errorf("repeat: this controller has no API client to re-plan with")
+	}
+	next := max(n, 1) + 1
+	p, err := plan.Build(ctx, c.Planner, spec, 0)
+	if err != nil {
+		return fmt.Errorf("re-planning run %d: %w", next, err)
+	}
+	p.ID = RunID(base, next)
+	if _, err := c.Apply(ctx, p, "repeat of "+base, now); err != nil {
+		return err
+	}
+	_ = c.Store.Event(ctx, base, now, "controller", fmt.Sprintf("run %d started as %s (%d to patch)", next, p.ID, p.Counts[plan.Patch]))
+	return c.Store.SetFields(ctx, base, "runs", next, "latest_run", p.ID)
+}
+
+// RunID names run n (n >= 2) of a repeating rollout; run 1 is the rollout itself.
+func RunID(base string, n int) string { return base + "-run" + strconv.Itoa(n) }
+
+func finished(state string) bool {
+	return state == store.RolloutCompleted || state == store.RolloutCancelled
+}
