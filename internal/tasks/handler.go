@@ -29,7 +29,13 @@ type Handler struct {
 	API    API
 	Worker string // recorded on each CVM: host/pid
 	Pacer  *Pacer // nil: no pacing
-	Log    *slog.Logger
+	// Observer, when set, hears of every finished CVM and every snooze
+	// (the worker's Prometheus metrics).
+	Observer interface {
+		Outcome(rollout, state string)
+		Snoozed(rollout string)
+	}
+	Log *slog.Logger
 	// PausedRecheck is how often a task of a paused or scheduled rollout
 	// looks again (default 5s).
 	PausedRecheck time.Duration
@@ -188,6 +194,9 @@ func (h *Handler) finish(ctx context.Context, p Payload, state, reason string, f
 	if err != nil {
 		return err
 	}
+	if h.Observer != nil && tr.Changed() {
+		h.Observer.Outcome(p.Rollout, state)
+	}
 	if tr.Tripped != "" {
 		h.log().Warn("failure budget tripped", "rollout", p.Rollout, "cvm", p.CVM, "action", tr.Tripped)
 	}
@@ -206,6 +215,9 @@ func (h *Handler) requeue(ctx context.Context, p Payload, mode, reason string, s
 	}
 	if _, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, store.Pending, mode, time.Now(), fields...); err != nil {
 		return err
+	}
+	if h.Observer != nil && mode == store.ModeSnooze {
+		h.Observer.Snoozed(p.Rollout)
 	}
 	return ret
 }

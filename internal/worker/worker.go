@@ -6,11 +6,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/control"
+	"github.com/phalafleet/rollout/internal/metrics"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/ratelimit"
 	"github.com/phalafleet/rollout/internal/store"
@@ -34,6 +37,8 @@ type Config struct {
 	ControllerInterval time.Duration
 	// NoController runs tasks only.
 	NoController bool
+	// MetricsAddr serves /metrics and /healthz when set (e.g. :9090).
+	MetricsAddr string
 }
 
 // DefaultShutdownTimeout is above the default per-call timeout (30s).
@@ -61,6 +66,11 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	st := store.New(rdb)
 	lim := ratelimit.New(rdb)
 	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Pacer: &tasks.Pacer{L: lim, Defaults: cfg.Rate}, Log: cfg.Log}
+	var mx *metrics.Metrics
+	if cfg.MetricsAddr != "" {
+		mx = metrics.New(st)
+		h.API, h.Observer = mx.Instrument(cfg.API), mx
+	}
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              cfg.Concurrency,
 		Queues:                   map[string]int{tasks.Queue: 1},
@@ -78,6 +88,17 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	mux.Handle(tasks.TypeCVM, h)
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("starting worker: %w", err)
+	}
+	if mx != nil {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			srv.Shutdown()
+			return fmt.Errorf("--metrics-addr: %v", err)
+		}
+		hs := &http.Server{Handler: mx.Handler(srv.Ping), ReadHeaderTimeout: 5 * time.Second}
+		go hs.Serve(ln)
+		defer hs.Close()
+		cfg.Log.Info("metrics", "addr", ln.Addr().String())
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
