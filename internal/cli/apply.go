@@ -26,6 +26,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	out := fs.String("o", "table", "output: table or json")
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
+	planHash := fs.String("plan-hash", "", "apply only if a fresh plan has this plan_hash (from `plan`): refuse if the fleet changed since")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -40,6 +41,9 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	p, err := buildPlan(ctx, e, *file, *version)
 	if err != nil {
 		return err
+	}
+	if *planHash != "" && *planHash != p.Hash {
+		return fmt.Errorf("the plan changed since the one with hash %s (now %s): the fleet or the file differs; run `rollout plan` again", *planHash, p.Hash)
 	}
 	if *out == "table" {
 		printPlan(e.Stdout, p, false)

@@ -235,3 +235,115 @@ func TestBadInputOneLine(t *testing.T) {
 		})
 	}
 }
+
+// TestOperatorCommands drives pause, resume, cancel, retry, promote,
+// rollback and apply --plan-hash through the real commands.
+func TestOperatorCommands(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 30, Seed: 12, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	file := testutil.WriteFile(t, fmt.Sprintf("name: ops\nselector: {all: true}\ntarget: {kms_urls: [%q]}\n"+
+		"stages: [{name: canary, count: 3, promote: manual}, \"100%%\"]\nretry: {max_attempts: 2, backoff: {base: 1s, max: 1s}}\n", newKMS))
+	var p plan.Plan
+	if err := json.Unmarshal([]byte(mustRun(t, b, "plan", "-f", file, "-o", "json")), &p); err != nil {
+		t.Fatal(err)
+	}
+	// The fleet changes after the plan was shown: apply --plan-hash refuses.
+	b.Sim.SetConfig(p.Items[4].CVMID, []string{newKMS}, nil)
+	if _, _, err := run(t, b, "apply", "-f", file, "--yes", "--plan-hash", p.Hash); err == nil || !strings.Contains(err.Error(), "the plan changed") {
+		t.Fatalf("apply with a stale plan hash: %v", err)
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, b, "plan", "-f", file, "-o", "json")), &p); err != nil {
+		t.Fatal(err)
+	}
+	bad := p.Items[10].CVMID
+	b.Sim.FailPatch(bad, 404)
+	mustRun(t, b, "apply", "-f", file, "--yes", "--plan-hash", p.Hash)
+	if out := mustRun(t, b, "pause", p.ID); !strings.Contains(out, "running -> paused") {
+		t.Fatalf("pause: %s", out)
+	}
+	if out := mustRun(t, b, "pause", p.ID); !strings.Contains(out, "already paused") {
+		t.Fatalf("second pause: %s", out)
+	}
+	b.Workers(t, 1, 4)
+	time.Sleep(300 * time.Millisecond)
+	if n := b.Sim.Stats().Patches; n != 0 {
+		t.Fatalf("%d PATCHes while paused", n)
+	}
+	mustRun(t, b, "resume", p.ID)
+	waitReason(t, b, p.ID, "waiting for `rollout promote")
+	if r := b.Records(t, p.ID); len(r) != len(p.Items) {
+		t.Fatal("records")
+	}
+	mustRun(t, b, "promote", p.ID)
+	r := b.WaitState(t, p.ID, 30*time.Second, store.RolloutCompleted)
+	if r.Counts[store.Failed] != 1 {
+		t.Fatalf("counts %v", r.Counts)
+	}
+	if out := mustRun(t, b, "status", p.ID); !strings.Contains(out, bad+": ") {
+		t.Fatalf("status does not show the failure of %s:\n%s", bad, out)
+	}
+	if out := mustRun(t, b, "report", p.ID, "--state", "failed", "-o", "csv"); strings.Count(out, "\n") != 2 {
+		t.Fatalf("report --state failed:\n%s", out)
+	}
+	b.Sim.FailPatch(bad, 0)
+	if out := mustRun(t, b, "retry", p.ID, "--failed"); !strings.Contains(out, "1 failed CVMs queued again") {
+		t.Fatalf("retry: %s", out)
+	}
+	b.WaitState(t, p.ID, 30*time.Second, store.RolloutCompleted)
+	waitCount(t, b, p.ID, store.Succeeded, len(p.Items)-1) // one was already at target
+
+	// Rollback: someone changes one CVM by hand; rollback leaves it alone
+	// and restores every other CVM's own before-image.
+	manual := p.Items[20].CVMID
+	b.Sim.SetConfig(manual, []string{"https://kms-manual.example:8000"}, nil)
+	before := map[string][]string{}
+	for id, rec := range b.Records(t, p.ID) {
+		before[id] = rec.PrevKMS
+	}
+	out := mustRun(t, b, "rollback", p.ID, "--yes")
+	if !strings.Contains(out, "changed since the rollout") {
+		t.Fatalf("rollback plan does not show the skip:\n%s", out)
+	}
+	// It goes through the same stages: the canary waits for promote again.
+	waitReason(t, b, p.ID+"-rollback", "waiting for `rollout promote")
+	mustRun(t, b, "promote", p.ID+"-rollback")
+	b.WaitState(t, p.ID+"-rollback", 30*time.Second, store.RolloutCompleted)
+	for _, it := range p.Items {
+		kms, _, _ := b.Sim.Config(it.CVMID)
+		switch {
+		case it.CVMID == manual:
+			if kms[0] != "https://kms-manual.example:8000" {
+				t.Errorf("rollback overwrote a manual change on %s", manual)
+			}
+		case it.Action == plan.Patch:
+			if strings.Join(kms, ",") != strings.Join(before[it.CVMID], ",") {
+				t.Errorf("%s: %v after rollback, before-image %v", it.CVMID, kms, before[it.CVMID])
+			}
+		}
+	}
+	// Cancel of a finished rollout is refused with one line.
+	if _, _, err := run(t, b, "cancel", p.ID); err == nil || !strings.Contains(err.Error(), "is completed") {
+		t.Fatalf("cancel of a completed rollout: %v", err)
+	}
+}
+
+func waitCount(t *testing.T, b *testutil.Bundle, id, state string, want int) {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if r, err := b.Store.Get(context.Background(), id); err == nil && r.Counts[state] == want {
+			return
+		}
+	}
+	r, _ := b.Store.Get(context.Background(), id)
+	t.Fatalf("%s: want %s=%d, counts %v", id, state, want, r.Counts)
+}
+
+func waitReason(t *testing.T, b *testutil.Bundle, id, reason string) {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if r, err := b.Store.Get(context.Background(), id); err == nil && strings.Contains(r.Reason, reason) {
+			return
+		}
+	}
+	r, _ := b.Store.Get(context.Background(), id)
+	t.Fatalf("%s: reason never had %q: %+v", id, reason, r)
+}

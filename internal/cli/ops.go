@@ -10,83 +10,116 @@ import (
 	"github.com/phalafleet/rollout/internal/store"
 )
 
-// setState is pause, resume and cancel: a compare-and-set on the rollout's
-// state, so two operators racing get one clear answer each.
-func setState(ctx context.Context, e *Env, name string, args []string, to string, from ...string) error {
+// opFlags parses an operator command's flags and its rollout id, and opens
+// Redis. extra registers the command's own flags.
+func opFlags(ctx context.Context, e *Env, name string, args []string, extra func(*flag.FlagSet)) (string, *store.Store, func(), error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
-	reason := fs.String("reason", "", "why (recorded and shown in status)")
-	maxFailed := -1
-	if name == "resume" {
-		fs.IntVar(&maxFailed, "max-failed", -1, "raise the failure budget to this many failures before resuming")
+	if extra != nil {
+		extra(fs)
 	}
 	id, err := oneID(fs, args)
 	if err != nil {
-		return err
+		return "", nil, nil, err
 	}
 	rdb, err := openRedis(ctx, e, *redisURL)
 	if err != nil {
-		return err
+		return "", nil, nil, err
 	}
-	defer rdb.Close()
-	st := store.New(rdb)
-	if maxFailed >= 0 {
-		if err := st.SetFields(ctx, id, "budget_max_failed", maxFailed); err != nil {
-			return err
-		}
-	}
-	why := *reason
+	return id, store.New(rdb), func() { rdb.Close() }, nil
+}
+
+// setState is pause, resume and cancel: a compare-and-set on the rollout's
+// state, so two operators racing get one clear answer each.
+func setState(ctx context.Context, e *Env, st *store.Store, name, id, reason, to string, from ...string) (changed bool, cur string, err error) {
+	why := reason
 	if why == "" {
-		why = name + "d by " + whoAmI()
-		if name == "cancel" {
-			why = "cancelled by " + whoAmI()
-		}
+		why = map[string]string{"pause": "paused", "cancel": "cancelled"}[name] + " by " + whoAmI()
 	}
 	if to == store.RolloutRunning {
 		why = ""
 	}
 	cur, ok, err := st.SetState(ctx, id, to, why, time.Now(), from...)
 	if err != nil {
-		return err
+		return false, cur, err
 	}
-	if !ok {
-		if cur == to {
-			fmt.Fprintf(e.Stdout, "rollout %s is already %s\n", id, to)
-			return nil
-		}
-		return fmt.Errorf("%s: rollout %s is %s; cannot %s it", name, id, cur, name)
+	if ok {
+		_ = st.Event(ctx, id, time.Now(), whoAmI(), fmt.Sprintf("%s (%s -> %s)", name, cur, to))
+		fmt.Fprintf(e.Stdout, "rollout %s: %s -> %s\n", id, cur, to)
+	} else if cur == to {
+		fmt.Fprintf(e.Stdout, "rollout %s is already %s\n", id, to)
 	}
-	_ = st.Event(ctx, id, time.Now(), whoAmI(), fmt.Sprintf("%s (%s -> %s)", name, cur, to))
-	fmt.Fprintf(e.Stdout, "rollout %s: %s -> %s\n", id, cur, to)
-	return nil
+	return ok, cur, nil
 }
 
 func runPause(ctx context.Context, e *Env, args []string) error {
-	return setState(ctx, e, "pause", args, store.RolloutPaused, store.RolloutRunning, store.RolloutScheduled)
+	var reason string
+	id, st, done, err := opFlags(ctx, e, "pause", args, func(fs *flag.FlagSet) { fs.StringVar(&reason, "reason", "", "why (shown in status)") })
+	if err != nil {
+		return err
+	}
+	defer done()
+	ok, cur, err := setState(ctx, e, st, "pause", id, reason, store.RolloutPaused, store.RolloutRunning, store.RolloutScheduled)
+	if err == nil && !ok && cur != store.RolloutPaused {
+		err = fmt.Errorf("pause: rollout %s is %s", id, cur)
+	}
+	return err
 }
 
 func runResume(ctx context.Context, e *Env, args []string) error {
-	return setState(ctx, e, "resume", args, store.RolloutRunning, store.RolloutPaused)
+	maxFailed := -1
+	id, st, done, err := opFlags(ctx, e, "resume", args, func(fs *flag.FlagSet) {
+		fs.IntVar(&maxFailed, "max-failed", -1, "raise the failure budget to this many failures before resuming")
+	})
+	if err != nil {
+		return err
+	}
+	defer done()
+	if maxFailed >= 0 {
+		if err := st.SetFields(ctx, id, "budget_max_failed", maxFailed); err != nil {
+			return err
+		}
+	}
+	ok, cur, err := setState(ctx, e, st, "resume", id, "", store.RolloutRunning, store.RolloutPaused)
+	if err == nil && !ok && cur != store.RolloutRunning {
+		err = fmt.Errorf("resume: rollout %s is %s", id, cur)
+	}
+	return err
 }
 
+// runCancel ends a rollout. For a repeating rollout it also stops the
+// repeats, even once its last run has completed.
 func runCancel(ctx context.Context, e *Env, args []string) error {
-	return setState(ctx, e, "cancel", args, store.RolloutCancelled, store.RolloutRunning, store.RolloutPaused, store.RolloutScheduled)
+	var reason string
+	id, st, done, err := opFlags(ctx, e, "cancel", args, func(fs *flag.FlagSet) { fs.StringVar(&reason, "reason", "", "why (shown in status)") })
+	if err != nil {
+		return err
+	}
+	defer done()
+	ok, cur, err := setState(ctx, e, st, "cancel", id, reason, store.RolloutCancelled, store.RolloutRunning, store.RolloutPaused, store.RolloutScheduled)
+	if err != nil {
+		return err
+	}
+	stopped, err := st.StopRepeatingIf(ctx, id)
+	if err != nil {
+		return err
+	}
+	if stopped {
+		fmt.Fprintf(e.Stdout, "rollout %s: repeats stopped\n", id)
+	}
+	if !ok && !stopped && cur != store.RolloutCancelled {
+		return fmt.Errorf("cancel: rollout %s is %s", id, cur)
+	}
+	return nil
 }
 
 func runPromote(ctx context.Context, e *Env, args []string) error {
-	fs := flag.NewFlagSet("promote", flag.ContinueOnError)
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
-	id, err := oneID(fs, args)
+	id, st, done, err := opFlags(ctx, e, "promote", args, nil)
 	if err != nil {
 		return err
 	}
-	rdb, err := openRedis(ctx, e, *redisURL)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	c := &control.Control{Store: store.New(rdb)}
-	r, err := c.Promote(ctx, id, time.Now())
+	defer done()
+	r, err := (&control.Control{Store: st}).Promote(ctx, id, time.Now())
 	if err != nil {
 		return err
 	}
@@ -95,22 +128,18 @@ func runPromote(ctx context.Context, e *Env, args []string) error {
 }
 
 func runRetry(ctx context.Context, e *Env, args []string) error {
-	fs := flag.NewFlagSet("retry", flag.ContinueOnError)
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
-	failed := fs.Bool("failed", false, "re-queue the failed CVMs (required: the only kind retry takes)")
-	id, err := oneID(fs, args)
+	var failed bool
+	id, st, done, err := opFlags(ctx, e, "retry", args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&failed, "failed", false, "re-queue the failed CVMs (required: the only kind retry takes)")
+	})
 	if err != nil {
 		return err
 	}
-	if !*failed {
+	defer done()
+	if !failed {
 		return fmt.Errorf("retry: say which CVMs: --failed")
 	}
-	rdb, err := openRedis(ctx, e, *redisURL)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	n, err := retryFailed(ctx, rdb, id)
+	n, err := retryFailed(ctx, st.Redis(), id)
 	if err != nil {
 		return err
 	}

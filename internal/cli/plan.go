@@ -80,8 +80,8 @@ func printPlan(w io.Writer, p *plan.Plan, all bool) {
 			fmt.Fprintf(w, "  ... %d more %s rows (--all or -o json lists them)\n", n-50, a)
 		}
 	}
-	fmt.Fprintf(w, "\nPlan: %d to patch, %d unchanged, %d skipped (%d selected).\n",
-		p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], len(p.Items))
+	fmt.Fprintf(w, "\nPlan: %d to patch, %d unchanged, %d skipped (%d selected). Plan hash %s.\n",
+		p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], len(p.Items), p.Hash)
 	if len(p.Stages) > 1 {
 		fmt.Fprintf(w, "Stages:")
 		for i, st := range p.Stages {

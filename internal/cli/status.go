@@ -91,7 +91,7 @@ func watch(ctx context.Context, e *Env, st *store.Store, id string, print bool, 
 			return nil, err
 		}
 		if line := progressLine(r); print && line != last {
-			fmt.Fprintln(e.Stdout, line)
+			fmt.Fprintln(e.Stdout, time.Now().Format("15:04:05")+"  "+line)
 			last = line
 		}
 		if finished(r.State) {
@@ -111,7 +111,7 @@ func watch(ctx context.Context, e *Env, st *store.Store, id string, print bool, 
 
 func progressLine(r *store.Rollout) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s  %-9s %d/%d done", time.Now().Format("15:04:05"), r.State, done(r.Counts), r.Total)
+	fmt.Fprintf(&b, "%-9s %d/%d done", r.State, done(r.Counts), r.Total)
 	for _, s := range store.CVMStates {
 		if n := r.Counts[s]; n > 0 {
 			fmt.Fprintf(&b, "  %s=%d", s, n)

@@ -54,6 +54,10 @@ func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.
 	}
 	for _, it := range p.Items {
 		c := store.NewCVM{ID: it.CVMID, Name: it.Name, Stage: -1, Reason: it.Reason}
+		if it.Target != nil {
+			b, _ := json.Marshal(it.Target)
+			c.Target = string(b)
+		}
 		switch it.Action {
 		case plan.Patch:
 			c.State, c.Stage, c.Reason = store.Pending, it.Stage, ""

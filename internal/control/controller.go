@@ -130,7 +130,7 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 		_, _ = c.Reaper.Reap(ctx, r.ID)
 	}
 	switch r.State {
-	case store.RolloutScheduled, store.RolloutRunning:
+	case store.RolloutScheduled, store.RolloutRunning, store.RolloutPaused:
 		if moved, err := c.schedule(ctx, r, spec, now); err != nil || moved {
 			return err
 		}
@@ -147,16 +147,22 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 func (c *Controller) schedule(ctx context.Context, r *store.Rollout, spec *plan.File, now time.Time) (bool, error) {
 	wait, why, ended := spec.Schedule.Gate(now)
 	switch {
-	case ended:
+	case ended && r.Fields["ended"] != "1":
+		// Once: an operator who resumes after end_at means it.
 		to := store.RolloutCancelled
 		if spec.Schedule.EndAction == "pause" {
 			to = store.RolloutPaused
 		}
-		_, ok, err := c.Store.SetState(ctx, r.ID, to, why, now, store.RolloutScheduled, store.RolloutRunning)
+		_, ok, err := c.Store.SetState(ctx, r.ID, to, why, now, store.RolloutScheduled, store.RolloutRunning, store.RolloutPaused)
+		if err == nil {
+			err = c.Store.SetFields(ctx, r.ID, "ended", "1")
+		}
 		if ok {
 			_ = c.Store.Event(ctx, r.ID, now, "controller", why)
 		}
 		return ok, err
+	case ended || r.State == store.RolloutPaused:
+		return false, nil
 	case wait > 0 && r.State == store.RolloutRunning:
 		_, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutScheduled, why, now, store.RolloutRunning)
 		return ok, err

@@ -17,7 +17,9 @@ import (
 // "<id>-run<N>" and its own counts. Runs never overlap, whatever the
 // number of controllers: only the lock holder plans, only after the
 // latest run finished, and run ids are deterministic, so a second attempt
-// at the same run continues it instead of starting another.
+// at the same run continues it instead of starting another. A re-plan that
+// finds nothing to patch records only the time of the check on the base
+// rollout. `rollout cancel` of the base stops the repeats.
 
 // repeatStep starts the next run of base if it is due.
 func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time) error {
@@ -44,7 +46,11 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 	if err != nil {
 		return err
 	}
-	if !finished(r.State) || now.Before(r.UpdatedAt.Add(spec.Schedule.Repeat)) {
+	last := r.UpdatedAt
+	if t, err := time.Parse(time.RFC3339Nano, b.Fields["last_check_at"]); err == nil && t.After(last) {
+		last = t
+	}
+	if !finished(r.State) || now.Before(last.Add(spec.Schedule.Repeat)) {
 		return nil
 	}
 	if c.Planner == nil {
@@ -54,6 +60,11 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 	p, err := plan.Build(ctx, c.Planner, spec, 0)
 	if err != nil {
 		return fmt.Errorf("re-planning run %d: %w", next, err)
+	}
+	if p.Counts[plan.Patch] == 0 {
+		// Nothing drifted: note the check instead of keeping an empty run.
+		return c.Store.SetFields(ctx, base, "last_check_at", now.UTC().Format(time.RFC3339Nano),
+			"last_check", fmt.Sprintf("no drift in %d selected CVMs", len(p.Items)))
 	}
 	p.ID = RunID(base, next)
 	if _, err := c.Apply(ctx, p, "repeat of "+base, now); err != nil {

@@ -35,6 +35,9 @@ type Item struct {
 	KMS     []string `json:"current_kms_urls,omitempty"`
 	Gateway []string `json:"current_gateway_urls,omitempty"`
 	Stage   int      `json:"stage"`
+	// Target, when set, replaces the file's target for this CVM (a
+	// rollback restores each CVM's own before-image).
+	Target *Target `json:"target,omitempty"`
 }
 
 // Plan is what applying a rollout file would do, CVM by CVM.
@@ -47,8 +50,11 @@ type Plan struct {
 	Stages   []Stage        `json:"stages"`
 	// PausesAfter is the failure count that trips the failure budget
 	// (max_failed+1), or 0 without a budget.
-	PausesAfter int   `json:"pauses_after_failures,omitempty"`
-	File        *File `json:"-"`
+	PausesAfter int `json:"pauses_after_failures,omitempty"`
+	// Hash covers the file and what the plan found for every CVM; apply
+	// --plan-hash refuses to run if a fresh plan differs from the one shown.
+	Hash string `json:"plan_hash"`
+	File *File  `json:"-"`
 }
 
 // Reader is the part of the API a plan reads.
@@ -141,7 +147,8 @@ func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, erro
 	for _, it := range p.Items {
 		p.Counts[it.Action]++
 	}
-	p.assignStages()
+	p.AssignStages()
+	p.Hash = p.ComputeHash()
 	return p, nil
 }
 
@@ -173,10 +180,10 @@ func (t Target) Reached(cur *api.NetworkConfig) bool {
 	return !changed
 }
 
-// assignStages sizes the stages for the CVMs to patch and gives each its
+// AssignStages sizes the stages for the CVMs to patch and gives each its
 // stage, in plan order (sorted by CVM id, so the same fleet gives the same
 // stages). CVMs not to patch have stage -1.
-func (p *Plan) assignStages() {
+func (p *Plan) AssignStages() {
 	p.Stages = StagePlan(p.File.Stages, p.Counts[Patch], p.File.Bake)
 	stage, used := 0, 0
 	for i := range p.Items {
@@ -194,4 +201,36 @@ func (p *Plan) assignStages() {
 	if b := p.File.FailureBudget; b != nil {
 		p.PausesAfter = b.Limit(p.Counts[Patch]) + 1
 	}
+}
+
+// ComputeHash digests the file and each CVM's action, reason, current
+// config and stage.
+func (p *Plan) ComputeHash() string {
+	h := sha256.New()
+	h.Write([]byte(p.SpecHash))
+	for _, it := range p.Items {
+		b, _ := json.Marshal([]any{it.CVMID, it.Action, it.Reason, it.KMS, it.Gateway, it.Stage, it.Target})
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// TargetOf builds a target from plain lists (nil: leave that list).
+func TargetOf(kms, gateway []string, restart bool) Target {
+	t := Target{Restart: restart}
+	if kms != nil {
+		l := make([]Str, len(kms))
+		for i, v := range kms {
+			l[i] = Str{V: v}
+		}
+		t.KMSURLs = &l
+	}
+	if gateway != nil {
+		l := make([]Str, len(gateway))
+		for i, v := range gateway {
+			l[i] = Str{V: v}
+		}
+		t.GatewayURLs = &l
+	}
+	return t
 }

@@ -61,7 +61,7 @@ func TestPlanAssignsEveryCVMOneStage(t *testing.T) {
 		p.Items = append(p.Items, Item{CVMID: string(rune('a' + i)), Action: a})
 		p.Counts[a]++
 	}
-	p.assignStages()
+	p.AssignStages()
 	// 18 to patch: 1, 2, then 40% of 18 = 7 repeating: 1+2+7+7+1.
 	want := []int{1, 2, 7, 7, 1}
 	if len(p.Stages) != len(want) {

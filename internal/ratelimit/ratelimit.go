@@ -82,6 +82,7 @@ func (l *Limiter) Rate(ctx context.Context, id string, lim Limits) (float64, err
 // Take waits for one request token. It returns 0 when the request may go,
 // or how long the caller should wait when that is more than MaxInlineWait.
 func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duration, error) {
+	deadline := time.Now().Add(MaxInlineWait)
 	for {
 		r, err := l.Rate(ctx, id, lim)
 		if err != nil || r <= 0 {
@@ -95,8 +96,8 @@ func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duratio
 		if res.Allowed > 0 {
 			return 0, nil
 		}
-		if res.RetryAfter > MaxInlineWait {
-			return res.RetryAfter, nil
+		if time.Now().Add(res.RetryAfter).After(deadline) {
+			return max(res.RetryAfter, time.Millisecond), nil
 		}
 		t := time.NewTimer(max(res.RetryAfter, time.Millisecond))
 		select {

@@ -15,6 +15,16 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
+func init() {
+	// go-redis logs pool errors to stderr on its own; this tool reports
+	// Redis trouble as one error line instead.
+	redis.SetLogger(quiet{})
+}
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
 // URLFromEnv returns flagValue, else $REDIS_URL.
 func URLFromEnv(flagValue string) string {
 	if flagValue != "" {

@@ -26,7 +26,7 @@ import "github.com/redis/go-redis/v9"
 // budget_min_executed CVMs were executed pauses (or cancels) the rollout.
 //
 // Returns {rollout state before, CVM state before, CVM state after, tripped
-// action, attempts after}.
+// action, attempts after, the CVM's own target or ”}.
 var transitionScript = redis.NewScript(`
 local old = redis.call('HGET', KEYS[2], 'state')
 local rstate = redis.call('HGET', KEYS[1], 'state') or ''
@@ -57,7 +57,9 @@ if old ~= new then
   redis.call('HINCRBY', KEYS[1], 's:' .. stage .. ':' .. new, 1)
 end
 redis.call('HSET', KEYS[2], 'state', new)
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if not (mode == 'begin' and new == 'cancelled') then -- a cancelled CVM never started
+  for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
 if mode == 'requeue' or (mode == 'finish' and old == 'running') or (mode == 'begin' and old == 'running') then
   -- begin from running: the previous try died mid-way (a killed worker);
   -- it may have sent its PATCH, so it counts.
@@ -89,7 +91,7 @@ if (new == 'failed' or new == 'succeeded') and rstate == 'running' then
     end
   end
 end
-return {rstate, old, new, tripped, attempts}
+return {rstate, old, new, tripped, attempts, redis.call('HGET', KEYS[2], 'target') or ''}
 `)
 
 // setStateScript changes a rollout's state only from one of the allowed

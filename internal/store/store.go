@@ -42,6 +42,7 @@ type NewCVM struct {
 	Stage    int
 	State    string // pending, unchanged or skipped
 	Reason   string
+	Target   string // JSON of a per-CVM target that replaces the file's; "" for none
 }
 
 const chunk = 500
@@ -107,6 +108,9 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (create
 			rec := []any{"name", c.Name, "stage", c.Stage, "state", c.State}
 			if c.Reason != "" {
 				rec = append(rec, "reason", c.Reason)
+			}
+			if c.Target != "" {
+				rec = append(rec, "target", c.Target)
 			}
 			if Terminal(c.State) {
 				rec = append(rec, "finished_at", ts)
@@ -226,6 +230,7 @@ type Transition struct {
 	From, To     string // CVM state before and after ("" From: no such record)
 	Tripped      string // "paused" or "cancelled" when this change tripped the failure budget
 	Attempts     int    // finished attempts of the CVM after the change
+	Target       string // the CVM's own target (JSON), if it has one
 }
 
 // Changed reports whether the CVM's state changed.
@@ -253,8 +258,9 @@ func (s *Store) Move(ctx context.Context, id, cvm, to, mode string, now time.Tim
 		return Transition{}, err
 	}
 	t := Transition{RolloutState: res[0], From: res[1], To: res[2], Tripped: res[3]}
-	if len(res) > 4 {
+	if len(res) > 5 {
 		t.Attempts, _ = strconv.Atoi(res[4])
+		t.Target = res[5]
 	}
 	return t, nil
 }
@@ -428,4 +434,19 @@ func (s *Store) Repeating(ctx context.Context) ([]string, error) {
 // StopRepeating ends a rollout's repeats.
 func (s *Store) StopRepeating(ctx context.Context, id string) error {
 	return s.rdb.SRem(ctx, RepeatingKey, id).Err()
+}
+
+// State reads only a rollout's state (one HGET, for the check before a PATCH).
+func (s *Store) State(ctx context.Context, id string) (string, error) {
+	v, err := s.rdb.HGet(ctx, RolloutKey(id), "state").Result()
+	if err == redis.Nil {
+		return "", fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return v, err
+}
+
+// StopRepeatingIf ends a rollout's repeats and reports whether it had any.
+func (s *Store) StopRepeatingIf(ctx context.Context, id string) (bool, error) {
+	n, err := s.rdb.SRem(ctx, RepeatingKey, id).Result()
+	return n > 0, err
 }

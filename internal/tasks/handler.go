@@ -57,11 +57,24 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	// Outside the schedule (before start_at, between windows, in a cutoff):
 	// sleep until it opens, without touching the record or the retries.
-	// After end_at the controller ends the rollout; look again shortly.
-	if wait, why, ended := spec.Schedule.Gate(time.Now()); ended {
-		return &Snooze{After: h.recheck(), Reason: why}
-	} else if wait > 0 {
-		return &Snooze{After: wait, Reason: why}
+	// end_at is the controller's: it changes the rollout's state.
+	if wait, why, _ := spec.Schedule.Gate(time.Now()); wait > 0 {
+		return h.snooze(p, wait, why)
+	}
+	// Take an in-flight slot before the CVM is marked running, so that
+	// "running" means "holding a slot", and a CVM waiting for one is still
+	// pending (a pause or cancel catches it).
+	client := h.API
+	if h.Pacer != nil {
+		release, wait, err := h.Pacer.slot(ctx, p.Rollout, spec)
+		if err != nil {
+			return h.snooze(p, time.Second, "in-flight limiter: "+err.Error())
+		}
+		if wait > 0 {
+			return h.snooze(p, wait, "max_in_flight reached")
+		}
+		defer release()
+		client = h.Pacer.wrap(client, p.Rollout, spec)
 	}
 	tr, err := h.Store.Move(ctx, p.Rollout, p.CVM, store.Running, store.ModeBegin, time.Now(),
 		"worker", h.Worker, "started_at", now())
@@ -71,23 +84,20 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case tr.From == "" || store.Terminal(tr.To):
 		return nil // no record, already finished, or cancelled just now
 	case tr.To != store.Running:
-		return &Snooze{After: h.recheck(), Reason: "rollout " + tr.RolloutState}
-	}
-
-	api := h.API
-	if h.Pacer != nil {
-		release, wait, err := h.Pacer.slot(ctx, p.Rollout, spec)
-		if err != nil {
-			return h.requeue(ctx, p, store.ModeSnooze, "in-flight limiter: "+err.Error(), 0, &Snooze{After: time.Second, Reason: err.Error()})
-		}
-		if wait > 0 {
-			return h.requeue(ctx, p, store.ModeSnooze, "", 0, &Snooze{After: wait, Reason: "max_in_flight reached"})
-		}
-		defer release()
-		api = h.Pacer.wrap(api, p.Rollout, spec)
+		return h.snooze(p, h.recheck(), "rollout "+tr.RolloutState)
 	}
 	attempt := tr.Attempts + 1 // this try, counting the ones before it
-	res, err := h.apply(ctx, api, p, spec)
+	target := spec.Target
+	if tr.Target != "" {
+		// A fresh value: decoding into target would write through the
+		// pointers it shares with the cached spec.
+		var own plan.Target
+		if err := json.Unmarshal([]byte(tr.Target), &own); err != nil {
+			return h.finish(ctx, p, store.Failed, "stored target: "+err.Error())
+		}
+		target = own
+	}
+	res, err := h.apply(ctx, client, p, spec, target)
 	if err == nil {
 		return h.finish(ctx, p, res.state, res.reason, res.fields...)
 	}
@@ -102,7 +112,7 @@ type result struct {
 // apply is one try of one CVM: gate on the VMM, read, PATCH what differs,
 // verify. Errors are API errors for Classify; a nil error carries the
 // terminal state.
-func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File) (result, error) {
+func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target) (result, error) {
 	rp := spec.Retry.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
@@ -119,7 +129,7 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 	if err != nil {
 		return result{}, err
 	}
-	upd, changed := spec.Target.Diff(cur)
+	upd, changed := target.Diff(cur)
 	if !changed {
 		sent, err := h.Store.PatchSent(ctx, p.Rollout, p.CVM)
 		if err != nil {
@@ -131,6 +141,13 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 		}
 		return result{state: store.Unchanged, reason: "already at target"}, nil
 	}
+	// A pause, cancel or tripped budget since this try began stops it
+	// here: no new PATCH goes out once the rollout is not running.
+	if st, err := h.Store.State(ctx, p.Rollout); err != nil {
+		return result{}, err
+	} else if st != store.RolloutRunning {
+		return result{}, &Snooze{After: h.recheck(), Reason: "rollout " + st}
+	}
 	if err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs); err != nil {
 		return result{}, err
 	}
@@ -138,10 +155,10 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 	if err != nil {
 		return result{}, err
 	}
-	if !spec.Target.Reached(got) {
+	if !target.Reached(got) {
 		return result{}, fmt.Errorf("PATCH answered 200 but the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)
 	}
-	if spec.Target.Restart {
+	if target.Restart {
 		// The VMM applies the URLs at boot: success means the CVM is back
 		// up and still reports them.
 		if err := waitRunning(ctx, client, p.CVM); err != nil {
@@ -154,7 +171,7 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 		if got, err = client.GetNetworkConfig(ctx, p.CVM); err != nil {
 			return result{}, err
 		}
-		if !spec.Target.Reached(got) {
+		if !target.Reached(got) {
 			return result{}, fmt.Errorf("after the restart the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)
 		}
 	}
@@ -263,6 +280,14 @@ func (h *Handler) spec(ctx context.Context, id string) (*plan.File, error) {
 	}
 	h.specs.Store(id, &f)
 	return &f, nil
+}
+
+// snooze puts a task back for later without starting the CVM.
+func (h *Handler) snooze(p Payload, after time.Duration, why string) error {
+	if h.Observer != nil {
+		h.Observer.Snoozed(p.Rollout)
+	}
+	return &Snooze{After: after, Reason: why}
 }
 
 func (h *Handler) recheck() time.Duration {

@@ -36,7 +36,7 @@ type Decision struct {
 //	400, 403, 404, 422        failed, never retried (the answer will not change)
 //	401                       failed, never retried (the key is wrong)
 //	429                       throttled: wait Retry-After (default 1s), not an attempt
-//	409, 5xx, network, timeout retry with backoff (503/409 honour Retry-After)
+//	409, 5xx, network, timeout retry with backoff (honouring a Retry-After)
 func Classify(err error) Decision {
 	var ae *api.Error
 	if errors.As(err, &ae) {

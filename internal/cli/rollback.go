@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/phalafleet/rollout/internal/control"
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
+)
+
+// runRollback undoes a rollout: every CVM it changed gets its own
+// before-image back, as a new rollout "<id>-rollback".
+func runRollback(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	dry := fs.Bool("dry-run", false, "show the rollback plan only")
+	out := fs.String("o", "table", "output: table or json")
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	version := fs.String("api-version", "", "X-Phala-Version to send")
+	id, err := oneID(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := checkFormat(*out, "table", "json"); err != nil {
+		return err
+	}
+	client, err := apiClient(e, *version)
+	if err != nil {
+		return err
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	c := &control.Control{Store: store.New(rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}}
+	p, err := c.PlanRollback(ctx, client, id)
+	if err != nil {
+		return err
+	}
+	if *out == "table" {
+		printPlan(e.Stdout, p, false)
+	}
+	if *dry {
+		if *out == "json" {
+			return writeJSON(e.Stdout, p)
+		}
+		return nil
+	}
+	if !*yes && e.IsTerminal {
+		fmt.Fprintf(e.Stdout, "\nRoll back %d CVMs of %s to their before-images? [y/N] ", p.Counts[plan.Patch], id)
+		line, _ := bufio.NewReader(e.Stdin).ReadString('\n')
+		if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+			return fmt.Errorf("not applied")
+		}
+	}
+	a, err := c.Apply(ctx, p, whoAmI(), time.Now())
+	if err != nil {
+		return err
+	}
+	if *out == "json" {
+		return writeJSON(e.Stdout, a)
+	}
+	fmt.Fprintf(e.Stdout, "\nRecorded rollback %s (%s): %d tasks queued. `rollout status %s --watch` follows it.\n", a.ID, a.State, a.Queued, a.ID)
+	return nil
+}

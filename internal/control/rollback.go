@@ -1,0 +1,99 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+
+	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/store"
+	"golang.org/x/sync/errgroup"
+)
+
+// ConfigReader reads a CVM's current network config.
+type ConfigReader interface {
+	GetNetworkConfig(ctx context.Context, id string) (*api.NetworkConfig, error)
+}
+
+// RollbackID names the rollback of a rollout.
+func RollbackID(id string) string { return id + "-rollback" }
+
+// PlanRollback plans the exact undo of a rollout: every CVM it changed gets
+// its own before-image back, through the same stages, limits and retry
+// policy. A CVM is left alone (skip) if it was not changed, has no
+// before-image, or was changed again since (its config is no longer what
+// the rollout applied): rollback never overwrites someone else's change.
+func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (*plan.Plan, error) {
+	orig, err := c.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if orig.State == store.RolloutRunning || orig.State == store.RolloutScheduled {
+		return nil, fmt.Errorf("rollback: rollout %s is %s; pause or cancel it first", id, orig.State)
+	}
+	spec, err := Spec(orig)
+	if err != nil {
+		return nil, err
+	}
+	spec.Schedule = nil // undo now, not at the original's times
+	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec, Counts: map[plan.Action]int{}}
+	var recs []store.CVMRecord
+	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
+		if rec.Patched {
+			recs = append(recs, rec)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].CVMID < recs[j].CVMID })
+	p.Items = make([]plan.Item, len(recs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(plan.DefaultReadConcurrency)
+	for i, rec := range recs {
+		it := &p.Items[i]
+		*it = plan.Item{CVMID: rec.CVMID, Name: rec.Name, Action: plan.Patch}
+		t := plan.TargetOf(rec.PrevKMS, rec.PrevGW, spec.Target.Restart)
+		it.Target = &t
+		g.Go(func() error {
+			cur, err := r.GetNetworkConfig(gctx, rec.CVMID)
+			switch {
+			case api.StatusOf(err) == 404:
+				it.Action, it.Reason = plan.Skip, "CVM not found"
+			case err != nil:
+				return fmt.Errorf("reading %s: %w", rec.CVMID, err)
+			default:
+				it.KMS, it.Gateway = cur.KMSURLs, cur.GatewayURLs
+				switch {
+				case t.Reached(cur):
+					it.Action, it.Reason = plan.Unchanged, "already at its before-image"
+				case rec.PrevKMS == nil && rec.PrevGW == nil:
+					it.Action, it.Reason = plan.Skip, "no before-image recorded"
+				case !matches(rec.AppliedKMS, cur.KMSURLs, spec.Target.KMS()) || !matches(rec.AppliedGW, cur.GatewayURLs, spec.Target.Gateway()):
+					it.Action, it.Reason = plan.Skip, "changed since the rollout; left alone"
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for _, it := range p.Items {
+		p.Counts[it.Action]++
+	}
+	p.AssignStages()
+	p.Hash = p.ComputeHash()
+	return p, nil
+}
+
+// matches reports whether the current list is what the rollout applied
+// (a list the file did not set is not compared).
+func matches(applied, cur, target []string) bool {
+	if target == nil {
+		return true
+	}
+	return slices.Equal(applied, cur)
+}
