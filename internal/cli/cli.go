@@ -51,6 +51,7 @@ func commands() []command {
 		{"cancel", "cancel ID                               end a rollout; CVMs not started become cancelled", runCancel},
 		{"promote", "promote ID                              let a finished manual stage (or a bake) move on", runPromote},
 		{"retry", "retry ID --failed                       queue the failed CVMs again", runRetry},
+		{"rollback", "rollback ID [--dry-run] [--yes]         give every CVM a rollout changed its before-image back", runRollback},
 		{"worker", "worker [--concurrency N]                process tasks (same as cmd/worker)", RunWorker},
 		{"sim", "sim [--addr 127.0.0.1:8090] [--cvms N]  serve the API simulator", runSim},
 		{"demo", "demo [--cvms N]                         the whole job in one process, no setup", runDemo},
