@@ -46,7 +46,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		return fmt.Errorf("the plan changed since the one with hash %s (now %s): the fleet or the file differs; run `rollout plan` again", *planHash, p.Hash)
 	}
 	if *out == "table" {
-		printPlan(e.Stdout, p, false)
+		printPlan(e.Stdout, p, 50)
 	}
 	if !*yes && e.IsTerminal {
 		fmt.Fprintf(e.Stdout, "\nApply rollout %s to %d CVMs? [y/N] ", p.ID, p.Counts[plan.Patch])

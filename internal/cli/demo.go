@@ -16,6 +16,12 @@ import (
 	"github.com/phalafleet/rollout/internal/worker"
 )
 
+// The demo's target URLs.
+const (
+	demoKMS     = "https://kms-new.phala.example:8000"
+	demoGateway = "https://gateway-new.phala.example:8000"
+)
+
 // demoFile is the rollout the demo runs: every production and staging CVM
 // to a new KMS and gateway.
 const demoFile = `name: demo-kms-migration
@@ -86,7 +92,7 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	printPlan(e.Stdout, p, false)
+	printPlan(e.Stdout, p, 5)
 	planned := time.Since(start)
 
 	a, err := applyPlan(ctx, rdb, p, "demo")

@@ -31,7 +31,11 @@ func runPlan(ctx context.Context, e *Env, args []string) error {
 	if *out == "json" {
 		return writeJSON(e.Stdout, p)
 	}
-	printPlan(e.Stdout, p, *all)
+	rows := 50
+	if *all {
+		rows = 0
+	}
+	printPlan(e.Stdout, p, rows)
 	return nil
 }
 
@@ -50,7 +54,8 @@ func buildPlan(ctx context.Context, e *Env, file, version string) (*plan.Plan, e
 	return plan.Build(ctx, c, f, 0)
 }
 
-func printPlan(w io.Writer, p *plan.Plan, all bool) {
+// printPlan prints the plan, at most rows rows per action (0: all).
+func printPlan(w io.Writer, p *plan.Plan, rows int) {
 	fmt.Fprintf(w, "Rollout %s (id %s)\n", p.Name, p.ID)
 	t := p.File.Target
 	if k := t.KMS(); k != nil {
@@ -65,7 +70,7 @@ func printPlan(w io.Writer, p *plan.Plan, all bool) {
 	shown := map[plan.Action]int{}
 	for _, it := range p.Items {
 		shown[it.Action]++
-		if !all && shown[it.Action] > 50 {
+		if rows > 0 && shown[it.Action] > rows {
 			continue
 		}
 		detail := it.Reason
@@ -76,8 +81,8 @@ func printPlan(w io.Writer, p *plan.Plan, all bool) {
 	}
 	tw.Flush()
 	for _, a := range []plan.Action{plan.Patch, plan.Unchanged, plan.Skip} {
-		if n := shown[a]; n > 50 && !all {
-			fmt.Fprintf(w, "  ... %d more %s rows (--all or -o json lists them)\n", n-50, a)
+		if n := shown[a]; rows > 0 && n > rows {
+			fmt.Fprintf(w, "  ... %d more %s rows (--all or -o json lists them)\n", n-rows, a)
 		}
 	}
 	fmt.Fprintf(w, "\nPlan: %d to patch, %d unchanged, %d skipped (%d selected). Plan hash %s.\n",

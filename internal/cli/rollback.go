@@ -46,7 +46,7 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	if *out == "table" {
-		printPlan(e.Stdout, p, false)
+		printPlan(e.Stdout, p, 50)
 	}
 	if *dry {
 		if *out == "json" {

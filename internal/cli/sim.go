@@ -20,6 +20,7 @@ type simFlags struct {
 	errorRate, rateLimit, drop, hang float64
 	gateOff                          bool
 	oldShare                         float64
+	atTarget                         float64 // share already at the demo target
 }
 
 func (s *simFlags) register(fs *flag.FlagSet, cvms int) {
@@ -32,10 +33,12 @@ func (s *simFlags) register(fs *flag.FlagSet, cvms int) {
 	fs.Float64Var(&s.hang, "hang-rate", 0, "share of requests that never answer")
 	fs.BoolVar(&s.gateOff, "gate-off", false, "the workspace's network-config feature is off (PATCH answers 403)")
 	fs.Float64Var(&s.oldShare, "old-vmm-share", 0.1, "share of nodes with a VMM below 0.5.7")
+	fs.Float64Var(&s.atTarget, "at-target-share", 0.05, "share of CVMs already at the demo's target URLs")
 }
 
 func (s *simFlags) server(key string) *sim.Server {
-	srv := sim.New(sim.Options{APIKey: key, Fleet: sim.FleetOptions{CVMs: s.cvms, Seed: s.seed, OldVMMShare: s.oldShare}})
+	srv := sim.New(sim.Options{APIKey: key, Fleet: sim.FleetOptions{CVMs: s.cvms, Seed: s.seed, OldVMMShare: s.oldShare,
+		AtTargetShare: s.atTarget, AtTargetKMS: []string{demoKMS}, AtTargetGateway: []string{demoGateway}}})
 	srv.SetFaults(sim.Faults{Latency: s.latency, ErrorRate: s.errorRate, RateLimit: s.rateLimit, DropRate: s.drop, HangRate: s.hang, GateOff: s.gateOff})
 	return srv
 }
