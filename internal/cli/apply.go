@@ -73,14 +73,16 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	if !*wait {
 		return nil
 	}
-	r, err := watch(ctx, e, store.New(rdb), a.ID, *out == "table", time.Second)
+	r, err := watch(ctx, e, store.New(rdb), a.ID, *out == "table", true, time.Second)
 	if err != nil {
 		return err
 	}
 	if *out == "json" {
-		return writeJSON(e.Stdout, statusJSON(r))
+		if err := writeJSON(e.Stdout, statusJSON(r)); err != nil {
+			return err
+		}
 	}
-	return nil
+	return outcome(r)
 }
 
 func applyPlan(ctx context.Context, rdb redis.UniversalClient, p *plan.Plan, who string) (control.Applied, error) {

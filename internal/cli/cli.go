@@ -53,6 +53,7 @@ func commands() []command {
 		{"retry", "retry ID --failed                       queue the failed CVMs again", runRetry},
 		{"rollback", "rollback ID [--dry-run] [--yes]         give every CVM a rollout changed its before-image back", runRollback},
 		{"worker", "worker [--concurrency N]                process tasks (same as cmd/worker)", RunWorker},
+		{"workers", "workers [-o table|json]                 live worker processes and the queue's depth", runWorkers},
 		{"sim", "sim [--addr 127.0.0.1:8090] [--cvms N]  serve the API simulator", runSim},
 		{"demo", "demo [--cvms N]                         the whole job in one process, no setup", runDemo},
 	}

@@ -347,3 +347,28 @@ func waitReason(t *testing.T, b *testutil.Bundle, id, reason string) {
 	r, _ := b.Store.Get(context.Background(), id)
 	t.Fatalf("%s: reason never had %q: %+v", id, reason, r)
 }
+
+// TestApplyWaitExitStatus: apply --wait fails (one line) when CVMs failed,
+// and `workers` shows the running worker.
+func TestApplyWaitExitStatus(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 8, Seed: 5, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	file := testutil.WriteFile(t, fmt.Sprintf("name: wait\nselector: {all: true}\ntarget: {kms_urls: [%q]}\n", newKMS))
+	b.Sim.FailPatch(b.Sim.IDs()[3], 422)
+	b.Workers(t, 1, 4)
+	_, _, err := run(t, b, "apply", "-f", file, "--yes", "--wait")
+	if err == nil || !strings.Contains(err.Error(), "completed with 1 failed CVMs") {
+		t.Fatalf("apply --wait: %v", err)
+	}
+	out := mustRun(t, b, "workers")
+	if !strings.Contains(out, "CONCURRENCY") {
+		t.Fatalf("workers:\n%s", out)
+	}
+	var w struct {
+		Workers []struct {
+			Concurrency int `json:"concurrency"`
+		} `json:"workers"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, b, "workers", "-o", "json")), &w); err != nil || len(w.Workers) != 1 || w.Workers[0].Concurrency != 4 {
+		t.Fatalf("workers -o json: %+v %v", w, err)
+	}
+}

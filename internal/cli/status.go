@@ -33,11 +33,16 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 	defer rdb.Close()
 	st := store.New(rdb)
 	if *w {
-		r, err := watch(ctx, e, st, id, *out == "table", time.Second)
-		if err == nil && *out == "json" {
-			return writeJSON(e.Stdout, statusJSON(r))
+		r, err := watch(ctx, e, st, id, *out == "table", false, time.Second)
+		if err != nil {
+			return err
 		}
-		return err
+		if *out == "json" {
+			if err := writeJSON(e.Stdout, statusJSON(r)); err != nil {
+				return err
+			}
+		}
+		return outcome(r)
 	}
 	r, err := st.Get(ctx, id)
 	if err != nil {
@@ -80,8 +85,24 @@ func finished(state string) bool {
 	return state == store.RolloutCompleted || state == store.RolloutCancelled
 }
 
+// outcome is the exit status of a watched rollout: an error line unless it
+// completed with no failed CVM, so scripts can rely on `apply --wait`.
+func outcome(r *store.Rollout) error {
+	switch {
+	case r.State == store.RolloutCancelled:
+		return fmt.Errorf("rollout %s was cancelled: %s", r.ID, r.Reason)
+	case r.State == store.RolloutPaused:
+		return fmt.Errorf("rollout %s is paused: %s", r.ID, r.Reason)
+	case r.Counts[store.Failed] > 0:
+		return fmt.Errorf("rollout %s completed with %d failed CVMs (rollout report %s --state failed)", r.ID, r.Counts[store.Failed], r.ID)
+	}
+	return nil
+}
+
 // watch prints a progress line every interval until the rollout ends.
-func watch(ctx context.Context, e *Env, st *store.Store, id string, print bool, every time.Duration) (*store.Rollout, error) {
+// With untilPaused it also returns when the rollout is paused (apply
+// --wait: a paused rollout needs a person).
+func watch(ctx context.Context, e *Env, st *store.Store, id string, print, untilPaused bool, every time.Duration) (*store.Rollout, error) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := ""
@@ -94,7 +115,7 @@ func watch(ctx context.Context, e *Env, st *store.Store, id string, print bool, 
 			fmt.Fprintln(e.Stdout, time.Now().Format("15:04:05")+"  "+line)
 			last = line
 		}
-		if finished(r.State) {
+		if finished(r.State) || untilPaused && r.State == store.RolloutPaused {
 			if print {
 				fmt.Fprintln(e.Stdout)
 				printStatus(e.Stdout, r)

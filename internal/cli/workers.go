@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/phalafleet/rollout/internal/tasks"
+)
+
+// runWorkers lists the live worker processes (asynq's server heartbeats)
+// and the rollout queue's depth: the ops view of who is doing what.
+func runWorkers(ctx context.Context, e *Env, args []string) error {
+	fs := flag.NewFlagSet("workers", flag.ContinueOnError)
+	out := fs.String("o", "table", "output: table or json")
+	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := checkFormat(*out, "table", "json"); err != nil {
+		return err
+	}
+	rdb, err := openRedis(ctx, e, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	servers, err := insp.Servers()
+	if err != nil {
+		return fmt.Errorf("listing workers: %w", err)
+	}
+	sort.Slice(servers, func(i, j int) bool { return servers[i].Host+servers[i].ID < servers[j].Host+servers[j].ID })
+	type row struct {
+		Host        string    `json:"host"`
+		PID         int       `json:"pid"`
+		Concurrency int       `json:"concurrency"`
+		Active      int       `json:"active"`
+		Started     time.Time `json:"started"`
+		Status      string    `json:"status"`
+	}
+	rows := make([]row, len(servers))
+	for i, s := range servers {
+		rows[i] = row{s.Host, s.PID, s.Concurrency, len(s.ActiveWorkers), s.Started, s.Status}
+	}
+	var q *asynq.QueueInfo
+	if qi, err := insp.GetQueueInfo(tasks.Queue); err == nil {
+		q = qi
+	}
+	if *out == "json" {
+		v := map[string]any{"workers": rows}
+		if q != nil {
+			v["queue"] = map[string]any{"pending": q.Pending, "active": q.Active, "scheduled": q.Scheduled, "retry": q.Retry,
+				"archived": q.Archived, "processed_today": q.Processed, "latency_seconds": q.Latency.Seconds()}
+		}
+		return writeJSON(e.Stdout, v)
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tPID\tCONCURRENCY\tACTIVE\tSTATUS\tSTARTED")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", r.Host, r.PID, r.Concurrency, r.Active, r.Status, r.Started.Local().Format(time.RFC3339))
+	}
+	tw.Flush()
+	if q != nil {
+		fmt.Fprintf(e.Stdout, "\nQueue %s: %d pending, %d active, %d scheduled (waiting or snoozed), %d retry, %d archived; oldest pending waited %s.\n",
+			tasks.Queue, q.Pending, q.Active, q.Scheduled, q.Retry, q.Archived, q.Latency.Round(time.Millisecond))
+	}
+	return nil
+}
