@@ -16,6 +16,7 @@ import (
 
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/redisconn"
+	"github.com/phalafleet/rollout/internal/store"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -150,3 +151,47 @@ func logger(e *Env, debug bool) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(e.Stderr, &slog.HandlerOptions{Level: lvl}))
 }
+
+// redisCmd is what every command that reads or writes rollouts parses:
+// --redis, and -o when it has formats.
+type redisCmd struct {
+	fs      *flag.FlagSet
+	out     *string
+	url     *string
+	formats []string
+}
+
+// newRedisCmd starts a command's flags; formats[0] is the default -o.
+func newRedisCmd(name string, formats ...string) *redisCmd {
+	c := &redisCmd{fs: flag.NewFlagSet(name, flag.ContinueOnError), formats: formats}
+	c.url = c.fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	if len(formats) > 0 {
+		c.out = c.fs.String("o", formats[0], "output: "+strings.Join(formats, ", "))
+	}
+	return c
+}
+
+// open parses args (ids: how many positional rollout ids, -1 for any),
+// checks -o and connects to Redis. done closes the connection.
+func (c *redisCmd) open(ctx context.Context, e *Env, args []string, ids int) ([]string, *store.Store, func(), error) {
+	pos, err := parse(c.fs, args)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if ids >= 0 && len(pos) != ids {
+		return nil, nil, nil, fmt.Errorf("%s: expected %d rollout id(s), got %d arguments", c.fs.Name(), ids, len(pos))
+	}
+	if c.out != nil {
+		if err := checkFormat(*c.out, c.formats...); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	rdb, err := openRedis(ctx, e, *c.url)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return pos, store.New(rdb), func() { rdb.Close() }, nil
+}
+
+// format is the chosen -o.
+func (c *redisCmd) format() string { return *c.out }

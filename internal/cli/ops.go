@@ -13,20 +13,15 @@ import (
 // opFlags parses an operator command's flags and its rollout id, and opens
 // Redis. extra registers the command's own flags.
 func opFlags(ctx context.Context, e *Env, name string, args []string, extra func(*flag.FlagSet)) (string, *store.Store, func(), error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	c := newRedisCmd(name)
 	if extra != nil {
-		extra(fs)
+		extra(c.fs)
 	}
-	id, err := oneID(fs, args)
+	pos, st, done, err := c.open(ctx, e, args, 1)
 	if err != nil {
 		return "", nil, nil, err
 	}
-	rdb, err := openRedis(ctx, e, *redisURL)
-	if err != nil {
-		return "", nil, nil, err
-	}
-	return id, store.New(rdb), func() { rdb.Close() }, nil
+	return pos[0], st, done, nil
 }
 
 // setState is pause, resume and cancel: a compare-and-set on the rollout's

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/csv"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
@@ -15,23 +14,14 @@ import (
 )
 
 func runStatus(ctx context.Context, e *Env, args []string) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	w := fs.Bool("watch", false, "follow live until the rollout ends")
-	out := fs.String("o", "table", "output: table or json")
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
-	id, err := oneID(fs, args)
+	c := newRedisCmd("status", "table", "json")
+	w := c.fs.Bool("watch", false, "follow live until the rollout ends")
+	pos, st, closeRedis, err := c.open(ctx, e, args, 1)
 	if err != nil {
 		return err
 	}
-	if err := checkFormat(*out, "table", "json"); err != nil {
-		return err
-	}
-	rdb, err := openRedis(ctx, e, *redisURL)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	st := store.New(rdb)
+	defer closeRedis()
+	id, out := pos[0], c.out
 	if *w {
 		r, err := watch(ctx, e, st, id, *out == "table", false, time.Second)
 		if err != nil {
@@ -193,21 +183,14 @@ func printFailures(w io.Writer, failures []string) {
 }
 
 func runList(ctx context.Context, e *Env, args []string) error {
-	fs := flag.NewFlagSet("list", flag.ContinueOnError)
-	out := fs.String("o", "table", "output: table or json")
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
-	if _, err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := checkFormat(*out, "table", "json"); err != nil {
-		return err
-	}
-	rdb, err := openRedis(ctx, e, *redisURL)
+	c := newRedisCmd("list", "table", "json")
+	_, st, closeRedis, err := c.open(ctx, e, args, 0)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	rs, err := store.New(rdb).List(ctx)
+	defer closeRedis()
+	out := c.out
+	rs, err := st.List(ctx)
 	if err != nil {
 		return err
 	}
@@ -228,27 +211,17 @@ func runList(ctx context.Context, e *Env, args []string) error {
 }
 
 func runReport(ctx context.Context, e *Env, args []string) error {
-	fs := flag.NewFlagSet("report", flag.ContinueOnError)
-	out := fs.String("o", "table", "output: csv, json or table")
-	state := fs.String("state", "", "only rows in this state (e.g. failed)")
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
-	id, err := oneID(fs, args)
+	c := newRedisCmd("report", "table", "csv", "json")
+	state := c.fs.String("state", "", "only rows in this state (e.g. failed)")
+	pos, st, closeRedis, err := c.open(ctx, e, args, 1)
 	if err != nil {
 		return err
 	}
-	if err := checkFormat(*out, "csv", "json", "table"); err != nil {
+	defer closeRedis()
+	if _, err := st.Get(ctx, pos[0]); err != nil {
 		return err
 	}
-	rdb, err := openRedis(ctx, e, *redisURL)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	st := store.New(rdb)
-	if _, err := st.Get(ctx, id); err != nil {
-		return err
-	}
-	return writeReport(ctx, e.Stdout, st, id, *out, *state)
+	return writeReport(ctx, e.Stdout, st, pos[0], c.format(), *state)
 }
 
 var reportHeader = []string{"cvm_id", "name", "stage", "state", "reason", "attempts", "previous_kms_urls", "previous_gateway_urls",

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"sort"
 	"text/tabwriter"
@@ -15,21 +14,14 @@ import (
 // runWorkers lists the live worker processes (asynq's server heartbeats)
 // and the rollout queue's depth: the ops view of who is doing what.
 func runWorkers(ctx context.Context, e *Env, args []string) error {
-	fs := flag.NewFlagSet("workers", flag.ContinueOnError)
-	out := fs.String("o", "table", "output: table or json")
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
-	if _, err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := checkFormat(*out, "table", "json"); err != nil {
-		return err
-	}
-	rdb, err := openRedis(ctx, e, *redisURL)
+	c := newRedisCmd("workers", "table", "json")
+	_, st, closeRedis, err := c.open(ctx, e, args, 0)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	insp := asynq.NewInspectorFromRedisClient(rdb)
+	defer closeRedis()
+	out := c.out
+	insp := asynq.NewInspectorFromRedisClient(st.Redis())
 	servers, err := insp.Servers()
 	if err != nil {
 		return fmt.Errorf("listing workers: %w", err)

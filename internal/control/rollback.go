@@ -38,7 +38,7 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 		return nil, err
 	}
 	spec.Schedule = nil // undo now, not at the original's times
-	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec, Counts: map[plan.Action]int{}}
+	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec}
 	var recs []store.CVMRecord
 	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
 		if rec.Patched {
@@ -81,11 +81,7 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	for _, it := range p.Items {
-		p.Counts[it.Action]++
-	}
-	p.AssignStages()
-	p.Hash = p.ComputeHash()
+	p.Finish()
 	return p, nil
 }
 

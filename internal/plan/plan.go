@@ -144,12 +144,21 @@ func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, erro
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	p.Finish()
+	return p, nil
+}
+
+// Finish counts the actions, assigns stages and computes the hash, once
+// every item's action is known.
+func (p *Plan) Finish() {
+	if p.Counts == nil {
+		p.Counts = map[Action]int{}
+	}
 	for _, it := range p.Items {
 		p.Counts[it.Action]++
 	}
 	p.AssignStages()
 	p.Hash = p.ComputeHash()
-	return p, nil
 }
 
 // Hash is a stable digest of the file's meaning (not its formatting), so the
