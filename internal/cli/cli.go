@@ -121,6 +121,14 @@ func apiClient(e *Env, version string) (*api.Client, error) {
 	return api.New(api.Config{APIKey: e.Getenv("PHALA_CLOUD_API_KEY"), Prefix: e.Getenv("PHALA_CLOUD_API_PREFIX"), APIVersion: version})
 }
 
+// workerClient is the client workers use: every call is tried once,
+// because a worker's retries belong to the queue, where the rollout's rate
+// limit paces them and its attempts count them (the planner's client
+// retries reads itself).
+func workerClient(e *Env, version string) (*api.Client, error) {
+	return api.New(api.Config{APIKey: e.Getenv("PHALA_CLOUD_API_KEY"), Prefix: e.Getenv("PHALA_CLOUD_API_PREFIX"), APIVersion: version, ReadTries: 1})
+}
+
 func openRedis(ctx context.Context, e *Env, flagURL string) (redis.UniversalClient, error) {
 	u := flagURL
 	if u == "" {

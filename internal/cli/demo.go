@@ -70,6 +70,10 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	wclient, err := api.New(api.Config{APIKey: key, Prefix: prefix, ReadTries: 1}) // as workerClient
+	if err != nil {
+		return err
+	}
 
 	path := *file
 	if path == "" {
@@ -104,7 +108,7 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	done := make(chan error, *workers)
 	for i := range *workers {
 		go func() {
-			done <- worker.Run(wctx, rdb, worker.Config{Concurrency: *conc, API: client, Name: fmt.Sprintf("demo-worker-%d", i+1),
+			done <- worker.Run(wctx, rdb, worker.Config{Concurrency: *conc, API: wclient, Name: fmt.Sprintf("demo-worker-%d", i+1),
 				Log: logger(e, false), ControllerInterval: 200 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
 		}()
 	}

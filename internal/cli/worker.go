@@ -24,7 +24,7 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := apiClient(e, *version)
+	c, err := workerClient(e, *version)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ import (
 // Limits is what a rollout asks for.
 type Limits struct {
 	PerSecond   float64 // request rate across all workers; 0: none
-	Burst       int     // requests allowed at once above the rate (default 1: smooth)
+	Burst       int     // requests allowed at once above the rate (default: a tenth of a second's worth, at least 1)
 	MaxInFlight int     // CVMs being processed at once across all workers; 0: none
 	Adaptive    bool    // slow down on 429/503, recover gradually
 	// Floor is the lowest rate adaptive mode goes to (default 1% of
@@ -26,13 +26,18 @@ type Limits struct {
 	Floor float64
 }
 
-// Adaptive mode: multiplicative decrease on a throttled answer (at most
-// once per DecreaseEvery), additive increase after each second of clean
-// answers (IncreaseStep of the current rate, at least 0.1/s).
+// Adaptive mode, after TCP's congestion control: a throttled answer (429
+// or 503) multiplies the rate by DecreaseFactor, at most once per
+// DecreaseEvery, and remembers the rate it came down from; each second of
+// good answers then adds FastStep of the current rate while below
+// Threshold of that remembered rate (TCP's slow start back to ssthresh),
+// and SlowStep above it (additive increase), never above the file's rate.
 const (
-	DecreaseFactor = 0.8
+	DecreaseFactor = 0.85
 	DecreaseEvery  = time.Second
-	IncreaseStep   = 0.03
+	FastStep       = 0.10
+	SlowStep       = 0.02
+	Threshold      = 0.9
 )
 
 // MaxInlineWait is the longest a worker waits for a token while holding
@@ -88,7 +93,12 @@ func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duratio
 		if err != nil || r <= 0 {
 			return 0, err
 		}
-		burst := max(lim.Burst, 1)
+		burst := lim.Burst
+		if burst <= 0 {
+			// A tenth of a second's worth: a request that comes a little
+			// late still gets its slot, so the average holds the rate.
+			burst = max(1, int(r/10))
+		}
 		res, err := l.gcra.Allow(ctx, gcraKey(id), redis_rate.Limit{Rate: int(math.Max(1, math.Round(r*1000))), Burst: burst, Period: 1000 * time.Second})
 		if err != nil {
 			return 0, err
@@ -110,7 +120,8 @@ func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duratio
 }
 
 // feedbackScript adjusts the adaptive rate. KEYS[1] the pace hash.
-// ARGV: throttled(0|1), now (ms), ceiling, floor, factor, every (ms), step.
+// ARGV: throttled(0|1), now (ms), ceiling, floor, factor, every (ms),
+// fast step, slow step, threshold.
 var feedbackScript = redis.NewScript(`
 local rate = tonumber(redis.call('HGET', KEYS[1], 'rate') or ARGV[3])
 local now = tonumber(ARGV[2])
@@ -118,13 +129,17 @@ local ceiling, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
 if ARGV[1] == '1' then
   local last = tonumber(redis.call('HGET', KEYS[1], 'decreased_at') or '0')
   if now - last >= tonumber(ARGV[6]) then
+    redis.call('HSET', KEYS[1], 'ssthresh', tostring(rate * tonumber(ARGV[9])))
     rate = math.max(floor, rate * tonumber(ARGV[5]))
     redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'decreased_at', now, 'increased_at', now)
   end
 else
   local last = tonumber(redis.call('HGET', KEYS[1], 'increased_at') or '0')
   if rate < ceiling and now - last >= 1000 then
-    rate = math.min(ceiling, rate + math.max(0.1, rate * tonumber(ARGV[7])))
+    local ssthresh = tonumber(redis.call('HGET', KEYS[1], 'ssthresh') or ARGV[3])
+    local step = tonumber(ARGV[8])
+    if rate < ssthresh then step = tonumber(ARGV[7]) end
+    rate = math.min(ceiling, rate + math.max(0.1, rate * step))
     redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'increased_at', now)
   end
 end
@@ -145,7 +160,7 @@ func (l *Limiter) Feedback(ctx context.Context, id string, lim Limits, throttled
 		t = "1"
 	}
 	return feedbackScript.Run(ctx, l.rdb, []string{stateKey(id)}, t, time.Now().UnixMilli(), lim.PerSecond, floor,
-		DecreaseFactor, DecreaseEvery.Milliseconds(), IncreaseStep).Err()
+		DecreaseFactor, DecreaseEvery.Milliseconds(), FastStep, SlowStep, Threshold).Err()
 }
 
 // releaseScript returns a slot if its holder still holds it (the reaper may
