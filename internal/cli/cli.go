@@ -57,6 +57,7 @@ func commands() []command {
 		{"workers", "workers [-o table|json]                 live worker processes and the queue's depth", runWorkers},
 		{"sim", "sim [--addr 127.0.0.1:8090] [--cvms N]  serve the API simulator", runSim},
 		{"demo", "demo [--cvms N]                         the whole job in one process, no setup", runDemo},
+		{"bench", "bench --redis URL [--only ...] [--n ...]  measure throughput and memory (FLUSHes that Redis db)", runBench},
 	}
 }
 

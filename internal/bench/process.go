@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
+	"github.com/phalafleet/rollout/internal/worker"
+)
+
+// process compares an n-CVM rollout run end to end by one in-process
+// worker (GET CVM, GET network config, PATCH, records, over loopback HTTP
+// to the simulator in this process) with an asynq server running a no-op
+// handler over n bare tasks, at the same concurrency. Each of the Repeat
+// rounds runs the baseline, then ours; the best of each is reported.
+func (b *runner) process(ctx context.Context) ([]Row, error) {
+	n, conc := b.cfg.Sizes[StageProcess], b.cfg.Concurrency
+	var base, ours []time.Duration
+	var baseUse, oursUse []cpuUse
+	var st sim.Stats
+	for round := range b.cfg.Repeat {
+		d, use, err := b.processBaseline(ctx, n, conc)
+		if err != nil {
+			return nil, fmt.Errorf("baseline: %w", err)
+		}
+		base, baseUse = append(base, d), append(baseUse, use)
+		b.progress("process: round %d: baseline no-op server did %d tasks in %s (%s)", round+1, n, d.Round(time.Millisecond), use)
+
+		d, use, st, err = b.processOurs(ctx, n, conc, round == 0 && b.cfg.CPUProfile != "")
+		if err != nil {
+			return nil, err
+		}
+		ours, oursUse = append(ours, d), append(oursUse, use)
+		b.progress("process: round %d: worker did %d CVMs in %s (%s)", round+1, n, d.Round(time.Millisecond), use)
+	}
+	bestBase, bestOurs := best(base), best(ours)
+	ratio := bestBase.Seconds() / bestOurs.Seconds()
+	note := fmt.Sprintf("concurrency %d for both; best of %d rounds (ours %s; baseline %s); ours: %d HTTP requests per round to the in-process simulator (%d PATCH), every CVM succeeded",
+		conc, b.cfg.Repeat, secsList(ours), secsList(base), st.Requests, st.Patches)
+	if b.cfg.CPUProfile != "" {
+		note += "; CPU profile of round 1's worker run in " + b.cfg.CPUProfile
+	}
+	oSelf, oRedis := minCPU(oursUse, n)
+	bSelf, bRedis := minCPU(baseUse, n)
+	return []Row{{
+		Stage:    fmt.Sprintf("process %s CVMs (worker, GET+GET+PATCH)", thousands(int64(n))),
+		Ours:     rate(n, bestOurs),
+		Baseline: rate(n, bestBase),
+		Ratio:    pct(ratio),
+		Target:   ">= 50%",
+		Result:   verdict(ratio >= 0.50),
+		Note:     note,
+	}, {
+		Stage:    "process CPU per CVM (bench process + redis-server)",
+		Ours:     fmt.Sprintf("%d + %d µs", oSelf.Microseconds(), oRedis.Microseconds()),
+		Baseline: fmt.Sprintf("%d + %d µs", bSelf.Microseconds(), bRedis.Microseconds()),
+		Ratio:    pct((bSelf + bRedis).Seconds() / (oSelf + oRedis).Seconds()),
+		Result:   "info",
+		Note:     "CPU time per CVM over the same runs (the least of the rounds): getrusage of this process, which also serves the simulator, and INFO cpu of redis-server",
+	}}, nil
+}
+
+// processOurs applies an n-CVM rollout on a fresh simulator, then runs one
+// worker.Run until every CVM is done.
+func (b *runner) processOurs(ctx context.Context, n, conc int, profile bool) (time.Duration, cpuUse, sim.Stats, error) {
+	if err := b.flush(ctx); err != nil {
+		return 0, cpuUse{}, sim.Stats{}, err
+	}
+	s, err := startSim(n, true)
+	if err != nil {
+		return 0, cpuUse{}, sim.Stats{}, err
+	}
+	defer s.Close()
+	f, err := rolloutFile("bench-process")
+	if err != nil {
+		return 0, cpuUse{}, sim.Stats{}, err
+	}
+	p := syntheticPlan(f, s.Sim.IDs())
+	if _, err := b.apply(ctx, p); err != nil {
+		return 0, cpuUse{}, sim.Stats{}, err
+	}
+	if profile {
+		pf, err := os.Create(b.cfg.CPUProfile)
+		if err != nil {
+			return 0, cpuUse{}, sim.Stats{}, err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return 0, cpuUse{}, sim.Stats{}, err
+		}
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	meter := newCPUMeter(ctx, b.rdb)
+	start := time.Now()
+	go func() {
+		done <- worker.Run(wctx, b.rdb, worker.Config{Concurrency: conc, API: s.Client, Name: "bench-worker",
+			Log: b.log, ControllerInterval: 100 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
+	}()
+	r, werr := waitDone(ctx, store.New(b.rdb), p.ID, 10*time.Minute)
+	d := time.Since(start)
+	use := meter.Stop()
+	if profile {
+		pprof.StopCPUProfile()
+	}
+	cancel()
+	<-done
+	if werr != nil {
+		return 0, use, sim.Stats{}, werr
+	}
+	if got := r.Counts[store.Succeeded]; got != n {
+		return 0, use, sim.Stats{}, fmt.Errorf("%d of %d CVMs succeeded: %v", got, n, r.Counts)
+	}
+	return d, use, s.Sim.Stats(), nil
+}
+
+// processBaseline queues n bare tasks, then runs an asynq server configured
+// as worker.Run configures its own, with a handler that does nothing,
+// until it handled all of them.
+func (b *runner) processBaseline(ctx context.Context, n, conc int) (time.Duration, cpuUse, error) {
+	if err := b.flush(ctx); err != nil {
+		return 0, cpuUse{}, err
+	}
+	if _, err := bareEnqueue(ctx, b.rdb, n, b.cfg.EnqueueGoroutines, "bench-baseline"); err != nil {
+		return 0, cpuUse{}, err
+	}
+	var count atomic.Int64
+	all := make(chan struct{})
+	srv := asynq.NewServerFromRedisClient(b.rdb, asynq.Config{
+		Concurrency:              conc,
+		Queues:                   map[string]int{tasks.Queue: 1},
+		DelayedTaskCheckInterval: time.Second,
+		TaskCheckInterval:        200 * time.Millisecond,
+		ShutdownTimeout:          5 * time.Second,
+		LogLevel:                 asynq.WarnLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(tasks.TypeCVM, func(context.Context, *asynq.Task) error {
+		if count.Add(1) == int64(n) {
+			close(all)
+		}
+		return nil
+	})
+	meter := newCPUMeter(ctx, b.rdb)
+	start := time.Now()
+	if err := srv.Start(mux); err != nil {
+		return 0, cpuUse{}, err
+	}
+	defer srv.Shutdown()
+	select {
+	case <-all:
+		return time.Since(start), meter.Stop(), nil
+	case <-time.After(10 * time.Minute):
+		return 0, cpuUse{}, fmt.Errorf("no-op server handled %d of %d tasks in 10 min", count.Load(), n)
+	case <-ctx.Done():
+		return 0, cpuUse{}, ctx.Err()
+	}
+}
+
+func best(ds []time.Duration) time.Duration {
+	m := ds[0]
+	for _, d := range ds[1:] {
+		m = min(m, d)
+	}
+	return m
+}
+
+func secsList(ds []time.Duration) string {
+	s := ""
+	for i, d := range ds {
+		if i > 0 {
+			s += ", "
+		}
+		s += fmt.Sprintf("%.2f", d.Seconds())
+	}
+	return s + " s"
+}
+
+// minCPU is the least total CPU per item over rounds.
+func minCPU(us []cpuUse, n int) (self, redis time.Duration) {
+	for i, u := range us {
+		s, r := u.perItem(n)
+		if i == 0 || s+r < self+redis {
+			self, redis = s, r
+		}
+	}
+	return self, redis
+}
