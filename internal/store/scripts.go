@@ -110,3 +110,19 @@ for i = 4, #ARGV do
 end
 return {cur, 0}
 `)
+
+// prepatchScript runs just before a PATCH, in one round trip: it refuses
+// unless the rollout is running (a pause, cancel or tripped budget stops
+// new PATCHes at once), records the before-image the first time only, and
+// marks that a PATCH is being sent.
+//
+// KEYS[1] rollout hash, KEYS[2] CVM hash. ARGV[1] prev_kms, ARGV[2] prev_gw.
+// Returns the rollout's state.
+var prepatchScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'state') or ''
+if st ~= 'running' then return st end
+redis.call('HSETNX', KEYS[2], 'prev_kms', ARGV[1])
+redis.call('HSETNX', KEYS[2], 'prev_gw', ARGV[2])
+redis.call('HSET', KEYS[2], 'patch_sent', '1')
+return st
+`)

@@ -364,18 +364,13 @@ func (s *Store) Events(ctx context.Context, id string) ([]string, error) {
 	return s.rdb.LRange(ctx, EventsKey(id), 0, -1).Result()
 }
 
-// MarkPatching records, just before a PATCH is sent, that one was sent, and
-// the CVM's before-image the first time only: a retry after a PATCH that
-// landed must not take the new URLs for the old ones.
-func (s *Store) MarkPatching(ctx context.Context, id, cvm string, prevKMS, prevGW []string) error {
-	key := CVMKey(id, cvm)
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSetNX(ctx, key, "prev_kms", jsonList(prevKMS))
-		p.HSetNX(ctx, key, "prev_gw", jsonList(prevGW))
-		p.HSet(ctx, key, "patch_sent", "1")
-		return nil
-	})
-	return err
+// MarkPatching is called just before a PATCH. Unless the rollout is no
+// longer running (then it changes nothing and returns the state), it
+// records that a PATCH was sent, and the CVM's before-image the first time
+// only: a retry after a PATCH that landed must not take the new URLs for
+// the old ones.
+func (s *Store) MarkPatching(ctx context.Context, id, cvm string, prevKMS, prevGW []string) (rolloutState string, err error) {
+	return prepatchScript.Run(ctx, s.rdb, []string{RolloutKey(id), CVMKey(id, cvm)}, jsonList(prevKMS), jsonList(prevGW)).Text()
 }
 
 // PatchSent reports whether an earlier attempt sent a PATCH for this CVM.
@@ -434,15 +429,6 @@ func (s *Store) Repeating(ctx context.Context) ([]string, error) {
 // StopRepeating ends a rollout's repeats.
 func (s *Store) StopRepeating(ctx context.Context, id string) error {
 	return s.rdb.SRem(ctx, RepeatingKey, id).Err()
-}
-
-// State reads only a rollout's state (one HGET, for the check before a PATCH).
-func (s *Store) State(ctx context.Context, id string) (string, error) {
-	v, err := s.rdb.HGet(ctx, RolloutKey(id), "state").Result()
-	if err == redis.Nil {
-		return "", fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	return v, err
 }
 
 // StopRepeatingIf ends a rollout's repeats and reports whether it had any.

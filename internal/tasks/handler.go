@@ -40,7 +40,18 @@ type Handler struct {
 	// looks again (default 5s).
 	PausedRecheck time.Duration
 
-	specs sync.Map // rollout id -> *plan.File; a rollout's spec never changes
+	specs sync.Map // rollout id -> *rolloutSpec; a rollout's spec never changes
+}
+
+// VMMRecheckAfter is how old a plan may be before a worker reads the CVM's
+// VMM version again before patching it. A younger plan's gate stands (the
+// API refuses an old VMM with a 400 all the same, recorded as skipped);
+// later stages and retries after a bake always re-check.
+const VMMRecheckAfter = 2 * time.Minute
+
+type rolloutSpec struct {
+	file    *plan.File
+	planned time.Time
 }
 
 // ProcessTask implements asynq.Handler.
@@ -49,12 +60,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err := json.Unmarshal(t.Payload(), &p); err != nil || p.Rollout == "" || p.CVM == "" {
 		return fmt.Errorf("bad payload %q: %w", t.Payload(), asynq.SkipRetry)
 	}
-	spec, err := h.spec(ctx, p.Rollout)
+	rs, err := h.spec(ctx, p.Rollout)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil // the rollout was deleted: nothing to record
 	} else if err != nil {
 		return err
 	}
+	spec := rs.file
 	// Outside the schedule (before start_at, between windows, in a cutoff):
 	// sleep until it opens, without touching the record or the retries.
 	// end_at is the controller's: it changes the rollout's state.
@@ -97,7 +109,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		target = own
 	}
-	res, err := h.apply(ctx, client, p, spec, target)
+	res, err := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter)
 	if err == nil {
 		return h.finish(ctx, p, res.state, res.reason, res.fields...)
 	}
@@ -112,18 +124,21 @@ type result struct {
 // apply is one try of one CVM: gate on the VMM, read, PATCH what differs,
 // verify. Errors are API errors for Classify; a nil error carries the
 // terminal state.
-func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target) (result, error) {
+func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, recheckVMM bool) (result, error) {
 	rp := spec.Retry.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
 	client = timed{client, rp.AttemptTimeout}
-	cvm, err := client.GetCVM(ctx, p.CVM)
-	if err != nil {
-		return result{}, err
-	}
-	// The fleet changes between plan and apply: gate on the VMM again.
-	if ok, reason := api.VMMGate(cvm.VMMVersion()); !ok {
-		return result{state: store.Skipped, reason: reason}, nil
+	// The fleet changes between plan and apply: gate on the VMM again
+	// unless the plan is fresh.
+	if recheckVMM {
+		cvm, err := client.GetCVM(ctx, p.CVM)
+		if err != nil {
+			return result{}, err
+		}
+		if ok, reason := api.VMMGate(cvm.VMMVersion()); !ok {
+			return result{state: store.Skipped, reason: reason}, nil
+		}
 	}
 	cur, err := client.GetNetworkConfig(ctx, p.CVM)
 	if err != nil {
@@ -143,13 +158,10 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 	}
 	// A pause, cancel or tripped budget since this try began stops it
 	// here: no new PATCH goes out once the rollout is not running.
-	if st, err := h.Store.State(ctx, p.Rollout); err != nil {
+	if st, err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs); err != nil {
 		return result{}, err
 	} else if st != store.RolloutRunning {
 		return result{}, &Snooze{After: h.recheck(), Reason: "rollout " + st}
-	}
-	if err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs); err != nil {
-		return result{}, err
 	}
 	got, err := client.PatchNetworkConfig(ctx, p.CVM, upd)
 	if err != nil {
@@ -266,20 +278,27 @@ func waitRunning(ctx context.Context, client API, id string) error {
 	}
 }
 
-func (h *Handler) spec(ctx context.Context, id string) (*plan.File, error) {
+func (h *Handler) spec(ctx context.Context, id string) (*rolloutSpec, error) {
 	if f, ok := h.specs.Load(id); ok {
-		return f.(*plan.File), nil
+		return f.(*rolloutSpec), nil
 	}
-	raw, err := h.Store.Redis().HGet(ctx, store.RolloutKey(id), "spec").Result()
+	vals, err := h.Store.Redis().HMGet(ctx, store.RolloutKey(id), "spec", "created_at").Result()
 	if err != nil {
+		return nil, err
+	}
+	raw, _ := vals[0].(string)
+	created, _ := vals[1].(string)
+	if raw == "" {
 		return nil, fmt.Errorf("%w: %s", store.ErrNotFound, id)
 	}
 	var f plan.File
 	if err := json.Unmarshal([]byte(raw), &f); err != nil {
 		return nil, fmt.Errorf("rollout %s: stored spec: %w", id, err)
 	}
-	h.specs.Store(id, &f)
-	return &f, nil
+	rs := &rolloutSpec{file: &f}
+	rs.planned, _ = time.Parse(time.RFC3339Nano, created)
+	h.specs.Store(id, rs)
+	return rs, nil
 }
 
 // snooze puts a task back for later without starting the CVM.
@@ -313,7 +332,7 @@ func (h *Handler) RetryDelay(n int, err error, t *asynq.Task) time.Duration {
 	var p Payload
 	if json.Unmarshal(t.Payload(), &p) == nil {
 		if f, ok := h.specs.Load(p.Rollout); ok {
-			backoff = f.(*plan.File).Retry.WithDefaults().Backoff
+			backoff = f.(*rolloutSpec).file.Retry.WithDefaults().Backoff
 		}
 	}
 	return RetryDelay(n, err, backoff.Delay)

@@ -1,0 +1,49 @@
+package tasks_test
+
+import (
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/testutil"
+)
+
+// TestVMMDowngradedAfterPlan: a host whose VMM went below 0.5.7 after the
+// plan gets its CVMs skipped, never failed: by the worker's own re-check
+// when the plan has aged, and by the API's 400 when it is fresh.
+func TestVMMDowngradedAfterPlan(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		wait   time.Duration
+		reason string
+	}{
+		{"aged plan: the worker re-checks", 3 * time.Minute, "VMM 0.5.6 is below 0.5.7"},
+		{"fresh plan: the API answers 400", 0, "HTTP 400"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := testutil.InBubble(t, cleanFleet)
+				p := b.Apply(t, "name: v\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n")
+				victim := p.Items[0].CVMID
+				old := "0.5.6"
+				b.Sim.SetVMMVersionOf(victim, &old)
+				time.Sleep(c.wait)
+				b.Workers(t, 1, 4)
+				b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
+				rec, err := b.Store.Record(t.Context(), p.ID, victim)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rec.State != store.Skipped || !strings.Contains(rec.Reason, c.reason) {
+					t.Fatalf("%s: %s %q", victim, rec.State, rec.Reason)
+				}
+				if b.Sim.Stats().PatchesPerCVM[victim] != 0 {
+					t.Fatal("the old-VMM CVM was patched")
+				}
+			})
+		})
+	}
+}
+
