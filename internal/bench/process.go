@@ -50,7 +50,7 @@ func (b *runner) process(ctx context.Context) ([]Row, error) {
 	oSelf, oRedis := minCPU(oursUse, n)
 	bSelf, bRedis := minCPU(baseUse, n)
 	return []Row{{
-		Stage:    fmt.Sprintf("process %s CVMs (worker, GET+GET+PATCH)", thousands(int64(n))),
+		Stage:    fmt.Sprintf("process %s CVMs (worker: GET config, PATCH, record)", thousands(int64(n))),
 		Ours:     rate(n, bestOurs),
 		Baseline: rate(n, bestBase),
 		Ratio:    pct(ratio),

@@ -13,16 +13,21 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/bench"
+	"github.com/phalafleet/rollout/internal/limitbench"
 )
 
-// stageDemo is the bench stage that times `rollout demo` (miniredis).
-const stageDemo = "demo"
+// stageDemo is the bench stage that times `rollout demo` (miniredis);
+// stageLimits measures the fleet-wide limits (internal/limitbench).
+const (
+	stageDemo   = "demo"
+	stageLimits = "limits"
+)
 
 // runBench is `rollout bench`: the figures of BENCHMARKS.md.
 func runBench(ctx context.Context, e *Env, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	redisURL := fs.String("redis", "", "real Redis to measure on; its database is FLUSHED (required unless --only demo)")
-	all := append(append([]string{}, bench.Stages...), stageDemo)
+	all := append(append([]string{}, bench.Stages...), stageLimits, stageDemo)
 	only := fs.String("only", strings.Join(all, ","), "stages to run")
 	sizes := fs.String("n", "", "CVMs per stage, e.g. enqueue=50000,process=20000,plan=20000,status=100000,memory=20000,demo=10000")
 	conc := fs.Int("concurrency", 50, "worker concurrency of the process stage (and of its no-op baseline)")
@@ -56,7 +61,7 @@ func runBench(ctx context.Context, e *Env, args []string) error {
 	}
 
 	var rows []bench.Row
-	if stages := slices.DeleteFunc(slices.Clone(stages), func(s string) bool { return s == stageDemo }); len(stages) > 0 {
+	if stages := slices.DeleteFunc(slices.Clone(stages), func(s string) bool { return s == stageDemo || s == stageLimits }); len(stages) > 0 {
 		if *redisURL == "" {
 			return fmt.Errorf("bench: --redis is required (a Redis of its own: every stage FLUSHes its database), e.g. redis-server --port 16400 --save '' --appendonly no --daemonize yes; --redis redis://127.0.0.1:16400/0")
 		}
@@ -66,6 +71,16 @@ func runBench(ctx context.Context, e *Env, args []string) error {
 		if err != nil {
 			return err
 		}
+	}
+	if slices.Contains(stages, stageLimits) {
+		if *redisURL == "" {
+			return fmt.Errorf("bench: --only limits needs --redis (its database is FLUSHED)")
+		}
+		lr, err := benchLimits(ctx, e, *redisURL, *workerBin)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, lr...)
 	}
 	if slices.Contains(stages, stageDemo) {
 		rows = append(rows, benchDemo(ctx, e, n[stageDemo]))
@@ -109,4 +124,36 @@ func benchDemo(ctx context.Context, e *Env, n int) bench.Row {
 		row.Note += "; " + m[1] + " simulator requests"
 	}
 	return row
+}
+
+// benchLimits measures the fleet-wide limits: a 60 req/s rate shared by 3
+// worker processes over a 30 s window, max_in_flight 20 at 100 ms of API
+// latency, and adaptive mode under an unstated 40 req/s API limit.
+func benchLimits(ctx context.Context, e *Env, redisURL, workerBin string) ([]bench.Row, error) {
+	cfg := limitbench.Config{RedisURL: redisURL, WorkerBin: workerBin, Rate: 60, Window: 30 * time.Second, Progress: e.Stderr}
+	var rows []bench.Row
+	for _, f := range []func() (limitbench.Result, error){
+		func() (limitbench.Result, error) { return limitbench.SharedRate(ctx, cfg) },
+		func() (limitbench.Result, error) {
+			c := cfg
+			c.Window = 15 * time.Second
+			return limitbench.InFlight(ctx, c, 20, 100*time.Millisecond)
+		},
+		func() (limitbench.Result, error) {
+			c := cfg
+			c.Window = 15 * time.Second
+			return limitbench.Adaptive(ctx, c, 40, 600)
+		},
+	} {
+		r, err := f()
+		if err != nil {
+			return nil, err
+		}
+		res := "pass"
+		if !r.Pass {
+			res = "FAIL"
+		}
+		rows = append(rows, bench.Row{Stage: r.Name, Ours: r.Ours, Target: r.Target, Result: res, Note: r.Note})
+	}
+	return rows, nil
 }
