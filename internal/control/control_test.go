@@ -336,3 +336,63 @@ func TestRepeatReconcilesDrift(t *testing.T) {
 		}
 	})
 }
+
+// TestApplyAfterPlannerCrash: a planner killed part-way through apply
+// leaves the rollout unready (no task queued) or ready but not dispatched;
+// running apply again finishes it with every CVM recorded once and queued
+// once.
+func TestApplyAfterPlannerCrash(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 40, Seed: 6, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	ctx := context.Background()
+	f, err := plan.Parse("c.yaml", []byte(head))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(ctx, b.API, f, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Crash 1: killed while writing records: the hash exists without
+	// "ready", some CVM records are missing, nothing is queued.
+	if _, err := b.Control().Apply(ctx, p, "t", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rdb := b.RDB
+	rdb.HDel(ctx, store.RolloutKey(p.ID), "ready")
+	for _, it := range p.Items[:10] {
+		rdb.Del(ctx, store.CVMKey(p.ID, it.CVMID))
+	}
+	rdb.FlushDB(ctx) // and the queue with it, as if nothing had been enqueued
+	for _, it := range p.Items[10:] {
+		rdb.HSet(ctx, store.CVMKey(p.ID, it.CVMID), "state", "pending", "stage", 0)
+	}
+	rdb.HSet(ctx, store.RolloutKey(p.ID), "id", p.ID, "state", "running")
+	a, err := b.Control().Apply(ctx, p, "t", time.Now())
+	if err != nil || !a.Created || a.Queued != len(p.Items) {
+		t.Fatalf("re-apply after a crash mid-write: %+v, %v", a, err)
+	}
+	accountedFor(t, b, p)
+	// Crash 2: killed after recording, before queueing: the records are
+	// ready but the queue is empty. Apply again queues them, once.
+	keys, _ := rdb.Keys(ctx, "asynq:*").Result()
+	rdb.Del(ctx, keys...)
+	rdb.HSet(ctx, store.RolloutKey(p.ID), "dispatched", -1)
+	a, err = b.Control().Apply(ctx, p, "t", time.Now())
+	if err != nil || a.Created || a.Queued != len(p.Items) {
+		t.Fatalf("apply after a crash before queueing: %+v, %v", a, err)
+	}
+	a, err = b.Control().Apply(ctx, p, "t", time.Now())
+	if err != nil || a.Created || a.Queued != 0 {
+		t.Fatalf("a further apply queued again: %+v, %v", a, err)
+	}
+	b.Workers(t, 1, 8)
+	b.WaitState(t, p.ID, 30*time.Second, store.RolloutCompleted)
+	for id, n := range b.Sim.Stats().PatchesPerCVM {
+		if n != 1 {
+			t.Errorf("%s patched %d times", id, n)
+		}
+	}
+	if r := get(t, b, p.ID); r.Counts[store.Succeeded] != len(p.Items) {
+		t.Fatalf("counts %v", r.Counts)
+	}
+}
