@@ -38,7 +38,7 @@ func TestWorkerMetrics(t *testing.T) {
 	for _, want := range []string{
 		`rollout_cvm_outcomes_total{rollout="` + p.ID + `",state="succeeded"} 20`,
 		`rollout_api_requests_total{code="200",op="patch_network_config"} 20`,
-		`rollout_api_request_duration_seconds_count{op="get_cvm"} 20`,
+		`rollout_api_request_duration_seconds_count{op="get_network_config"} 20`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
