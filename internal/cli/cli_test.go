@@ -300,8 +300,9 @@ func TestOperatorCommands(t *testing.T) {
 		before[id] = rec.PrevKMS
 	}
 	out := mustRun(t, b, "rollback", p.ID, "--yes")
-	if !strings.Contains(out, "changed since the rollout") {
-		t.Fatalf("rollback plan does not show the skip:\n%s", out)
+	if !strings.Contains(out, "changed since the rollout") || !strings.Contains(out, "each CVM's own before-image") ||
+		!strings.Contains(out, "kms ["+newKMS+"] -> [https://kms-old.") {
+		t.Fatalf("rollback plan does not show the skip and each CVM's own target:\n%s", out)
 	}
 	// It goes through the same stages: the canary waits for promote again.
 	waitReason(t, b, p.ID+"-rollback", "waiting for `rollout promote")

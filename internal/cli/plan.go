@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,11 +59,15 @@ func buildPlan(ctx context.Context, e *Env, file, version string) (*plan.Plan, e
 func printPlan(w io.Writer, p *plan.Plan, rows int) {
 	fmt.Fprintf(w, "Rollout %s (id %s)\n", p.Name, p.ID)
 	t := p.File.Target
-	if k := t.KMS(); k != nil {
-		fmt.Fprintf(w, "  kms_urls     -> [%s]\n", strings.Join(k, ", "))
-	}
-	if g := t.Gateway(); g != nil {
-		fmt.Fprintf(w, "  gateway_urls -> [%s]\n", strings.Join(g, ", "))
+	if slices.ContainsFunc(p.Items, func(it plan.Item) bool { return it.Target != nil }) {
+		fmt.Fprintln(w, "  target: each CVM's own before-image (see DETAIL)")
+	} else {
+		if k := t.KMS(); k != nil {
+			fmt.Fprintf(w, "  kms_urls     -> [%s]\n", strings.Join(k, ", "))
+		}
+		if g := t.Gateway(); g != nil {
+			fmt.Fprintf(w, "  gateway_urls -> [%s]\n", strings.Join(g, ", "))
+		}
 	}
 	fmt.Fprintf(w, "  restart: %v\n\n", t.Restart)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -75,7 +80,11 @@ func printPlan(w io.Writer, p *plan.Plan, rows int) {
 		}
 		detail := it.Reason
 		if it.Action == plan.Patch && detail == "" {
-			detail = diffText(p.File.Target, it)
+			target := p.File.Target
+			if it.Target != nil {
+				target = *it.Target
+			}
+			detail = diffText(target, it)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", it.CVMID, it.Name, it.Node, dash(it.VMM), it.Action, detail)
 	}

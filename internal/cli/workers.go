@@ -52,11 +52,12 @@ func runWorkers(ctx context.Context, e *Env, args []string) error {
 		return writeJSON(e.Stdout, v)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tPID\tCONCURRENCY\tACTIVE\tSTATUS\tSTARTED")
+	fmt.Fprintln(tw, "HOST\tPID\tCONCURRENCY\tACTIVE*\tSTATUS\tSTARTED")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", r.Host, r.PID, r.Concurrency, r.Active, r.Status, r.Started.Local().Format(time.RFC3339))
 	}
 	tw.Flush()
+	fmt.Fprintln(e.Stdout, "* from the workers' heartbeats, up to 5s old")
 	if q != nil {
 		fmt.Fprintf(e.Stdout, "\nQueue %s: %d pending, %d active, %d scheduled (waiting or snoozed), %d retry, %d archived; oldest pending waited %s.\n",
 			tasks.Queue, q.Pending, q.Active, q.Scheduled, q.Retry, q.Archived, q.Latency.Round(time.Millisecond))
