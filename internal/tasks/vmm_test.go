@@ -46,4 +46,3 @@ func TestVMMDowngradedAfterPlan(t *testing.T) {
 		})
 	}
 }
-
