@@ -131,11 +131,15 @@ func workerClient(e *Env, version string) (*api.Client, error) {
 }
 
 func openRedis(ctx context.Context, e *Env, flagURL string) (redis.UniversalClient, error) {
-	u := flagURL
-	if u == "" {
-		u = e.Getenv("REDIS_URL")
+	return redisconn.Open(ctx, redisURL(e, flagURL))
+}
+
+// redisURL is --redis, else $REDIS_URL.
+func redisURL(e *Env, flagURL string) string {
+	if flagURL != "" {
+		return flagURL
 	}
-	return redisconn.Open(ctx, u)
+	return e.Getenv("REDIS_URL")
 }
 
 func checkFormat(o string, allowed ...string) error {

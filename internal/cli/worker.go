@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/worker"
 )
 
@@ -13,7 +14,7 @@ import (
 // until ctx ends (SIGTERM), then drain in-flight ones.
 func RunWorker(ctx context.Context, e *Env, args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
+	redisFlag := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	conc := fs.Int("concurrency", 50, "CVMs processed at once by this worker")
 	drain := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long in-flight CVMs may finish after SIGTERM")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
@@ -28,7 +29,7 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	rdb, err := openRedis(ctx, e, *redisURL)
+	rdb, err := redisconn.OpenPool(ctx, redisURL(e, *redisFlag), *conc+64)
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"os"
 	"sync"
 	"time"
 
@@ -25,17 +24,16 @@ type quiet struct{}
 
 func (quiet) Printf(context.Context, string, ...any) {}
 
-// URLFromEnv returns flagValue, else $REDIS_URL.
-func URLFromEnv(flagValue string) string {
-	if flagValue != "" {
-		return flagValue
-	}
-	return os.Getenv("REDIS_URL")
-}
-
 // Open connects to redis://[user:pass@]host:port/db or rediss:// and checks
 // the connection, so a wrong URL fails here with one line.
 func Open(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
+	return OpenPool(ctx, rawURL, 0)
+}
+
+// OpenPool is Open with at least pool connections: a worker needs one per
+// task that may wait for an in-flight slot (BLPOP holds its connection),
+// plus asynq's own.
+func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClient, error) {
 	if rawURL == "" {
 		return nil, fmt.Errorf("no Redis: set REDIS_URL or --redis (redis://host:6379/0)")
 	}
@@ -43,7 +41,7 @@ func Open(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL %s: %v", Redact(rawURL), err)
 	}
-	opt.PoolSize = max(opt.PoolSize, 256) // in-flight slots block a connection each (BLPOP)
+	opt.PoolSize = max(opt.PoolSize, 256, pool)
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	// RESP2: this tool uses no push notifications, and under RESP3 go-redis
 	// checks for them on every reply (7% of a worker's CPU in the profile).
