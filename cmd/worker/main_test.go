@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -195,4 +196,46 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestAllWorkersKilledDuringBake: the only worker dies with SIGKILL while a
+// stage bakes; a new one picks the rollout up from Redis: the next stage
+// starts no earlier than the bake allows, and the rollout completes.
+func TestAllWorkersKilledDuringBake(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs worker processes for about 20s")
+	}
+	bin := buildWorker(t)
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 30, Seed: 14, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	p := b.Apply(t, "name: bake\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nstages: [5, \"100%\"]\nbake: 8s\n")
+	first := startWorker(t, bin, b)
+	waitCounts(t, b, p.ID, time.Minute, func(r *store.Rollout) bool { return strings.Contains(r.Reason, "baking until") })
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	first.Wait()
+	killed := time.Now()
+	startWorker(t, bin, b)
+	r := waitCounts(t, b, p.ID, 2*time.Minute, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+	if r.Counts[store.Succeeded] != len(p.Items) {
+		t.Fatalf("counts %v", r.Counts)
+	}
+	var stage1Done, stage2Start time.Time
+	for _, rec := range b.Records(t, p.ID) {
+		if rec.Stage == 0 && rec.FinishedAt.After(stage1Done) {
+			stage1Done = rec.FinishedAt
+		}
+		if rec.Stage == 1 && (stage2Start.IsZero() || rec.StartedAt.Before(stage2Start)) {
+			stage2Start = rec.StartedAt
+		}
+	}
+	if stage2Start.Sub(stage1Done) < 8*time.Second {
+		t.Fatalf("stage 2 started %s after stage 1 finished (bake 8s); the worker died %s after stage 1",
+			stage2Start.Sub(stage1Done), killed.Sub(stage1Done))
+	}
+	for id, n := range b.Sim.Stats().PatchesPerCVM {
+		if n != 1 {
+			t.Errorf("%s patched %d times", id, n)
+		}
+	}
 }
