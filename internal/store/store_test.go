@@ -1,0 +1,116 @@
+package store_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/testutil"
+)
+
+func setup(t *testing.T, state string) (*store.Store, string) {
+	t.Helper()
+	rdb, _ := testutil.Redis(t)
+	st := store.New(rdb)
+	nr := store.NewRollout{ID: "r1", Name: "r1", Spec: `{"name":"r1"}`, State: state, Stages: []string{"a", "b"},
+		CVMs: []store.NewCVM{
+			{ID: "cvm_a", State: store.Pending, Stage: 0}, {ID: "cvm_b", State: store.Pending, Stage: 1},
+			{ID: "cvm_c", State: store.Skipped, Stage: -1, Reason: "VMM 0.5.6 is below 0.5.7"},
+		}}
+	created, err := st.Create(context.Background(), nr, time.Now())
+	if err != nil || !created {
+		t.Fatalf("create: %v %v", created, err)
+	}
+	// Create is idempotent once the rollout is ready.
+	if again, err := st.Create(context.Background(), nr, time.Now()); err != nil || again {
+		t.Fatalf("second create: %v %v", again, err)
+	}
+	return st, "r1"
+}
+
+// TestTransitionRules walks one CVM through the moves each mode allows and
+// refuses, checking the counters and the attempt count after each.
+func TestTransitionRules(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	steps := []struct {
+		to, mode     string
+		wantTo       string
+		wantAttempts int
+	}{
+		{store.Running, store.ModeBegin, store.Running, 0},
+		{store.Pending, store.ModeSnooze, store.Pending, 0},  // not an attempt
+		{store.Pending, store.ModeRequeue, store.Pending, 0}, // requeue needs running: refused
+		{store.Running, store.ModeBegin, store.Running, 0},
+		{store.Pending, store.ModeRequeue, store.Pending, 1},
+		{store.Running, store.ModeBegin, store.Running, 1},
+		{store.Running, store.ModeBegin, store.Running, 2}, // begin again: the last try died
+		{store.Failed, store.ModeFinish, store.Failed, 3},
+		{store.Succeeded, store.ModeFinish, store.Failed, 3}, // terminal stays terminal
+		{store.Running, store.ModeBegin, store.Failed, 3},
+		{store.Cancelled, store.ModeCancel, store.Failed, 3}, // cancel takes pending only
+		{store.Pending, store.ModeReset, store.Pending, 3},   // retry --failed
+	}
+	for i, s := range steps {
+		tr, err := st.Move(ctx, id, "cvm_a", s.to, s.mode, time.Now(), "reason", "step")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr.To != s.wantTo {
+			t.Fatalf("step %d (%s %s): now %s, want %s", i+1, s.mode, s.to, tr.To, s.wantTo)
+		}
+		rec, err := st.Record(ctx, id, "cvm_a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.State != s.wantTo || rec.Attempts != s.wantAttempts {
+			t.Fatalf("step %d: record %s with %d attempts, want %s with %d", i+1, rec.State, rec.Attempts, s.wantTo, s.wantAttempts)
+		}
+		r, err := st.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Counts[s.wantTo] < 1 || r.Counts[store.Skipped] != 1 || r.Stages[0].Counts[s.wantTo] != 1 {
+			t.Fatalf("step %d: counters %v, stage 1 %v", i+1, r.Counts, r.Stages[0].Counts)
+		}
+	}
+	// Order and content of the report.
+	var got []string
+	if err := st.Records(ctx, id, func(r store.CVMRecord) error { got = append(got, r.CVMID+"="+r.State); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := "cvm_a=pending cvm_b=pending cvm_c=skipped"; strings.Join(got, " ") != want {
+		t.Fatalf("records %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
+// TestBeginFollowsTheRollout: begin takes a CVM only while the rollout is
+// running, turns it cancelled when the rollout is cancelled, and a CVM
+// cancelled before it started keeps no worker or start time.
+func TestBeginFollowsTheRollout(t *testing.T) {
+	st, id := setup(t, store.RolloutPaused)
+	ctx := context.Background()
+	tr, err := st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now(), "worker", "w1", "started_at", "x")
+	if err != nil || tr.To != store.Pending || tr.RolloutState != store.RolloutPaused {
+		t.Fatalf("begin while paused: %+v %v", tr, err)
+	}
+	if cur, ok, err := st.SetState(ctx, id, store.RolloutCancelled, "test", time.Now(), store.RolloutRunning); err != nil || ok || cur != store.RolloutPaused {
+		t.Fatalf("cancel from running only, while paused: %v %v %v", cur, ok, err)
+	}
+	if _, ok, err := st.SetState(ctx, id, store.RolloutCancelled, "test", time.Now(), store.RolloutPaused); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	tr, err = st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now(), "worker", "w1", "started_at", "x")
+	if err != nil || tr.To != store.Cancelled {
+		t.Fatalf("begin after cancel: %+v %v", tr, err)
+	}
+	rec, _ := st.Record(ctx, id, "cvm_a")
+	if rec.Worker != "" || !rec.StartedAt.IsZero() || rec.Reason == "" {
+		t.Fatalf("a cancelled CVM that never started: %+v", rec)
+	}
+	if tr, _ := st.Move(ctx, id, "cvm_missing", store.Running, store.ModeBegin, time.Now()); tr.From != "" {
+		t.Fatalf("a CVM with no record: %+v", tr)
+	}
+}
