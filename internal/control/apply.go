@@ -110,32 +110,48 @@ func (c *Control) Dispatch(ctx context.Context, r *store.Rollout, spec *plan.Fil
 	if err != nil {
 		return 0, err
 	}
-	rp := spec.Retry.WithDefaults()
-	gen, _ := strconv.Atoi(r.Fields["gen"])
-	n, err := c.Queue.Enqueue(ctx, r.ID, gen, pending, tasks.EnqueueOptions{MaxAttempts: rp.MaxAttempts, Deadline: rp.Deadline + time.Minute})
+	n, err := c.enqueue(ctx, r.ID, spec, pending)
 	if err != nil {
 		return n, err
 	}
 	return n, c.Store.SetFields(ctx, r.ID, "dispatched", r.Stage)
 }
 
-// pendingOnly keeps the ids whose record is still pending.
-func (c *Control) pendingOnly(ctx context.Context, id string, ids []string) ([]string, error) {
+// enqueue queues CVMs by their own task generation (0, or the one retry
+// --failed gave them), so a CVM is only ever queued under one task id.
+func (c *Control) enqueue(ctx context.Context, id string, spec *plan.File, byGen map[int][]string) (int, error) {
+	rp := spec.Retry.WithDefaults()
+	total := 0
+	for gen, ids := range byGen {
+		n, err := c.Queue.Enqueue(ctx, id, gen, ids, tasks.EnqueueOptions{MaxAttempts: rp.MaxAttempts, Deadline: rp.Deadline + time.Minute})
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// pendingOnly keeps the ids whose record is still pending, by task generation.
+func (c *Control) pendingOnly(ctx context.Context, id string, ids []string) (map[int][]string, error) {
 	rdb := c.Store.Redis()
-	out := make([]string, 0, len(ids))
+	out := map[int][]string{}
 	for start := 0; start < len(ids); start += 1000 {
 		part := ids[start:min(start+1000, len(ids))]
 		pipe := rdb.Pipeline()
-		cmds := make([]*redis.StringCmd, len(part))
+		cmds := make([]*redis.SliceCmd, len(part))
 		for i, cvm := range part {
-			cmds[i] = pipe.HGet(ctx, store.CVMKey(id, cvm), "state")
+			cmds[i] = pipe.HMGet(ctx, store.CVMKey(id, cvm), "state", "gen")
 		}
 		if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
 			return nil, err
 		}
 		for i, cmd := range cmds {
-			if cmd.Val() == store.Pending {
-				out = append(out, part[i])
+			v := cmd.Val()
+			if st, _ := v[0].(string); st == store.Pending {
+				g, _ := v[1].(string)
+				gen, _ := strconv.Atoi(g)
+				out[gen] = append(out[gen], part[i])
 			}
 		}
 	}

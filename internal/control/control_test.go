@@ -396,3 +396,33 @@ func TestApplyAfterPlannerCrash(t *testing.T) {
 		t.Fatalf("counts %v", r.Counts)
 	}
 }
+
+// TestReapplyAfterRetryQueuesNothingTwice: after retry --failed gave one
+// CVM a new task generation, applying the file again must not queue the
+// other pending CVMs under that generation too.
+func TestReapplyAfterRetryQueuesNothingTwice(t *testing.T) {
+	b := testutil.Setup(t, fleet)
+	ctx := context.Background()
+	p := b.Apply(t, head)
+	failed := p.Items[2].CVMID
+	for _, m := range []struct{ to, mode string }{{store.Running, store.ModeBegin}, {store.Failed, store.ModeFinish}} {
+		if _, err := b.Store.Move(ctx, p.ID, failed, m.to, m.mode, time.Now(), "reason", "t"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := b.Control().RetryFailed(ctx, p.ID, time.Now())
+	if err != nil || n != 1 {
+		t.Fatalf("retry: %d %v", n, err)
+	}
+	a, err := b.Control().Apply(ctx, p, "t", time.Now())
+	if err != nil || a.Queued != 0 {
+		t.Fatalf("re-apply after retry queued %d (%v)", a.Queued, err)
+	}
+	b.Workers(t, 1, 4)
+	b.WaitState(t, p.ID, 30*time.Second, store.RolloutCompleted)
+	for id, n := range b.Sim.Stats().PatchesPerCVM {
+		if n != 1 {
+			t.Errorf("%s patched %d times", id, n)
+		}
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -116,6 +118,14 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 	} else if err != nil {
 		return err
 	}
+	// Return the in-flight slots of dead workers first, whatever the state:
+	// a cancelled rollout's last running CVM may need one to settle. (A
+	// rollout without max_in_flight has no slots; the call is a no-op.)
+	if c.Reaper != nil {
+		if _, err := c.Reaper.Reap(ctx, r.ID); err != nil {
+			return err
+		}
+	}
 	switch r.State {
 	case store.RolloutCompleted:
 		return c.Store.Finished(ctx, id)
@@ -125,9 +135,6 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 	spec, err := Spec(r)
 	if err != nil {
 		return err
-	}
-	if c.Reaper != nil && spec.Rate.MaxInFlight > 0 {
-		_, _ = c.Reaper.Reap(ctx, r.ID)
 	}
 	switch r.State {
 	case store.RolloutScheduled, store.RolloutRunning, store.RolloutPaused:
@@ -232,11 +239,11 @@ func (c *Controller) finishCancel(ctx context.Context, r *store.Rollout, now tim
 		if err != nil {
 			return err
 		}
-		pending, err := c.pendingOnly(ctx, r.ID, ids)
+		byGen, err := c.pendingOnly(ctx, r.ID, ids)
 		if err != nil {
 			return err
 		}
-		for _, cvm := range pending {
+		for _, cvm := range slices.Concat(slices.Collect(maps.Values(byGen))...) {
 			if _, err := c.Store.Move(ctx, r.ID, cvm, store.Cancelled, store.ModeCancel, now,
 				"reason", "rollout cancelled before this CVM started", "finished_at", now.UTC().Format(time.RFC3339Nano)); err != nil {
 				return err

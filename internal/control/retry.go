@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/phalafleet/rollout/internal/tasks"
 )
 
 // RetryFailed puts a rollout's failed CVMs back to pending and queues them
@@ -25,9 +24,24 @@ func (c *Control) RetryFailed(ctx context.Context, id string, now time.Time) (in
 	if err != nil {
 		return 0, err
 	}
-	ids, gen, err := c.Store.ResetFailed(ctx, id, now)
-	if err != nil || len(ids) == 0 {
+	ids, _, err := c.Store.ResetFailed(ctx, id, now)
+	if err != nil {
 		return 0, err
+	}
+	// Queue what was reset now and any CVM an earlier, interrupted retry
+	// reset but did not get to queue: every pending CVM with a generation
+	// of its own (task ids keep a CVM from being queued twice).
+	byGen := map[int][]string{}
+	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
+		if rec.State == store.Pending && rec.Gen > 0 {
+			byGen[rec.Gen] = append(byGen[rec.Gen], rec.CVMID)
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	if len(ids) == 0 && len(byGen) == 0 {
+		return 0, nil
 	}
 	if _, _, err := c.Store.SetState(ctx, id, store.RolloutRunning, "", now, store.RolloutCompleted); err != nil {
 		return 0, err
@@ -35,9 +49,8 @@ func (c *Control) RetryFailed(ctx context.Context, id string, now time.Time) (in
 	if err := c.Store.Reactivate(ctx, id); err != nil {
 		return 0, err
 	}
-	rp := spec.Retry.WithDefaults()
 	_ = c.Store.Event(ctx, id, now, "retry", "re-queued failed CVMs")
-	return c.Queue.Enqueue(ctx, id, gen, ids, tasks.EnqueueOptions{MaxAttempts: rp.MaxAttempts, Deadline: rp.Deadline + time.Minute})
+	return c.enqueue(ctx, id, spec, byGen)
 }
 
 // Promote lets the current stage move on once it is done: past a manual

@@ -213,17 +213,17 @@ func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease t
 	}, nil
 }
 
+// initSlotsScript creates a rollout's n slot tokens once, atomically (a
+// crash cannot leave the marker without the tokens). KEYS: marker, tokens.
+var initSlotsScript = redis.NewScript(`
+if redis.call('SETNX', KEYS[1], ARGV[1]) == 0 then return 0 end
+for i = 0, tonumber(ARGV[1]) - 1 do redis.call('RPUSH', KEYS[2], 'slot-' .. i) end
+return 1
+`)
+
 // initSlots creates the rollout's slot tokens once.
 func (l *Limiter) initSlots(ctx context.Context, id string, n int) error {
-	ok, err := l.rdb.SetNX(ctx, slotsInitKey(id), n, 0).Result()
-	if err != nil || !ok {
-		return err
-	}
-	toks := make([]any, n)
-	for i := range toks {
-		toks[i] = "slot-" + strconv.Itoa(i)
-	}
-	return l.rdb.RPush(ctx, tokensKey(id), toks...).Err()
+	return initSlotsScript.Run(ctx, l.rdb, []string{slotsInitKey(id), tokensKey(id)}, n).Err()
 }
 
 // Reap returns slots whose holders' leases ran out. The controller calls it.

@@ -86,4 +86,5 @@ type CVMRecord struct {
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	Worker     string    `json:"worker,omitempty"`
 	Patched    bool      `json:"patched"` // a PATCH was answered 200 at least once
+	Gen        int       `json:"-"`       // task generation (retry --failed)
 }

@@ -38,7 +38,10 @@ if mode == 'begin' then
   if rstate == 'cancelled' then
     new = 'cancelled'
   elseif rstate ~= 'running' then
-    return {rstate, old, old, ''}
+    -- Not running: a CVM left running by a try that died goes back to
+    -- pending (that try counts, below); a pending one stays.
+    if old ~= 'running' then return {rstate, old, old, ''} end
+    new = 'pending'
   end
 elseif mode == 'reset' then
   if old ~= 'failed' then return {rstate, old, old, ''} end
@@ -57,7 +60,7 @@ if old ~= new then
   redis.call('HINCRBY', KEYS[1], 's:' .. stage .. ':' .. new, 1)
 end
 redis.call('HSET', KEYS[2], 'state', new)
-if not (mode == 'begin' and new == 'cancelled') then -- a cancelled CVM never started
+if not (mode == 'begin' and new ~= 'running') then -- only a CVM that starts gets worker and started_at
   for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 end
 if mode == 'requeue' or (mode == 'finish' and old == 'running') or (mode == 'begin' and old == 'running') then
@@ -117,12 +120,11 @@ return {cur, 0}
 // marks that a PATCH is being sent.
 //
 // KEYS[1] rollout hash, KEYS[2] CVM hash. ARGV[1] prev_kms, ARGV[2] prev_gw.
-// Returns the rollout's state.
+// Returns {the rollout's state, 1 if this call set patch_sent}.
 var prepatchScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'state') or ''
-if st ~= 'running' then return st end
+if st ~= 'running' then return {st, 0} end
 redis.call('HSETNX', KEYS[2], 'prev_kms', ARGV[1])
 redis.call('HSETNX', KEYS[2], 'prev_gw', ARGV[2])
-redis.call('HSET', KEYS[2], 'patch_sent', '1')
-return st
+return {st, redis.call('HSETNX', KEYS[2], 'patch_sent', '1')}
 `)

@@ -338,6 +338,7 @@ func parseRecord(id string, m map[string]string) CVMRecord {
 	r := CVMRecord{CVMID: id, Name: m["name"], State: m["state"], Reason: m["reason"], Worker: m["worker"], Patched: m["patched"] == "1"}
 	r.Stage, _ = strconv.Atoi(m["stage"])
 	r.Attempts, _ = strconv.Atoi(m["attempts"])
+	r.Gen, _ = strconv.Atoi(m["gen"])
 	r.HTTPStatus, _ = strconv.Atoi(m["http_status"])
 	r.PrevKMS, r.PrevGW = parseList(m["prev_kms"]), parseList(m["prev_gw"])
 	r.AppliedKMS, r.AppliedGW = parseList(m["applied_kms"]), parseList(m["applied_gw"])
@@ -369,8 +370,21 @@ func (s *Store) Events(ctx context.Context, id string) ([]string, error) {
 // records that a PATCH was sent, and the CVM's before-image the first time
 // only: a retry after a PATCH that landed must not take the new URLs for
 // the old ones.
-func (s *Store) MarkPatching(ctx context.Context, id, cvm string, prevKMS, prevGW []string) (rolloutState string, err error) {
-	return prepatchScript.Run(ctx, s.rdb, []string{RolloutKey(id), CVMKey(id, cvm)}, jsonList(prevKMS), jsonList(prevGW)).Text()
+func (s *Store) MarkPatching(ctx context.Context, id, cvm string, prevKMS, prevGW []string) (rolloutState string, newlySent bool, err error) {
+	res, err := prepatchScript.Run(ctx, s.rdb, []string{RolloutKey(id), CVMKey(id, cvm)}, jsonList(prevKMS), jsonList(prevGW)).Slice()
+	if err != nil {
+		return "", false, err
+	}
+	st, _ := res[0].(string)
+	n, _ := res[1].(int64)
+	return st, n == 1, nil
+}
+
+// UnmarkPatching takes back a patch_sent that MarkPatching set when the
+// PATCH then did not go out (the rollout's own rate limit snoozed it), so a
+// later try does not take someone else's change for ours.
+func (s *Store) UnmarkPatching(ctx context.Context, id, cvm string) error {
+	return s.rdb.HDel(ctx, CVMKey(id, cvm), "patch_sent").Err()
 }
 
 // PatchSent reports whether an earlier attempt sent a PATCH for this CVM.
@@ -399,7 +413,8 @@ func (s *Store) ResetFailed(ctx context.Context, id string, now time.Time) (ids 
 		if r.State != Failed {
 			return nil
 		}
-		t, err := s.Move(ctx, id, r.CVMID, Pending, ModeReset, now, "reason", "retry requested", "attempts", "0", "finished_at", "")
+		t, err := s.Move(ctx, id, r.CVMID, Pending, ModeReset, now, "reason", "retry requested", "attempts", "0", "finished_at", "",
+			"gen", strconv.Itoa(int(g)), "patch_sent", "")
 		if err != nil {
 			return err
 		}

@@ -59,7 +59,7 @@ func BenchmarkMarkPatching(b *testing.B) {
 	ctx := context.Background()
 	prev := []string{"https://kms-old.example:8000"}
 	for i := 0; b.Loop(); i++ {
-		if _, err := st.MarkPatching(ctx, "bench-mark", ids[i%len(ids)], prev, prev); err != nil {
+		if _, _, err := st.MarkPatching(ctx, "bench-mark", ids[i%len(ids)], prev, prev); err != nil {
 			b.Fatal(err)
 		}
 	}

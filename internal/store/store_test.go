@@ -114,3 +114,25 @@ func TestBeginFollowsTheRollout(t *testing.T) {
 		t.Fatalf("a CVM with no record: %+v", tr)
 	}
 }
+
+// TestDiedTryCountedWhilePaused: a CVM left running by a try that died is
+// put back to pending, and that try counted, when its task comes back to a
+// paused rollout.
+func TestDiedTryCountedWhilePaused(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	if tr, err := st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now()); err != nil || tr.To != store.Running {
+		t.Fatal(tr, err)
+	}
+	// The worker dies; the operator pauses.
+	if _, ok, err := st.SetState(ctx, id, store.RolloutPaused, "t", time.Now(), store.RolloutRunning); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	tr, err := st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now(), "worker", "w2")
+	if err != nil || tr.To != store.Pending || tr.Attempts != 1 {
+		t.Fatalf("begin of a died try while paused: %+v %v", tr, err)
+	}
+	if r, _ := st.Get(ctx, id); r.Counts[store.Running] != 0 || r.Counts[store.Pending] != 2 {
+		t.Fatalf("counts %v", r.Counts)
+	}
+}

@@ -95,7 +95,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return err
 	case tr.From == "" || store.Terminal(tr.To):
 		return nil // no record, already finished, or cancelled just now
-	case tr.To != store.Running:
+	case tr.To != store.Running || tr.RolloutState != store.RolloutRunning:
 		return h.snooze(p, h.recheck(), "rollout "+tr.RolloutState)
 	}
 	attempt := tr.Attempts + 1 // this try, counting the ones before it
@@ -109,11 +109,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		target = own
 	}
-	res, err := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter)
+	maxAttempts := spec.Retry.WithDefaults().MaxAttempts
+	res, err := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter, tr.Attempts >= maxAttempts)
 	if err == nil {
 		return h.finish(ctx, p, res.state, res.reason, res.fields...)
 	}
-	return h.failed(ctx, p, err, attempt, spec.Retry.WithDefaults().MaxAttempts)
+	return h.failed(ctx, p, err, attempt, maxAttempts)
 }
 
 type result struct {
@@ -124,7 +125,11 @@ type result struct {
 // apply is one try of one CVM: gate on the VMM, read, PATCH what differs,
 // verify. Errors are API errors for Classify; a nil error carries the
 // terminal state.
-func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, recheckVMM bool) (result, error) {
+//
+// outOfAttempts: earlier tries used every attempt (the last one died
+// mid-way, maybe after its PATCH); this try may still record what it finds,
+// but sends no PATCH.
+func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, recheckVMM, outOfAttempts bool) (result, error) {
 	rp := spec.Retry.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
@@ -156,14 +161,25 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 		}
 		return result{state: store.Unchanged, reason: "already at target"}, nil
 	}
+	if outOfAttempts {
+		return result{state: store.Failed, reason: fmt.Sprintf("no attempt left: %d tries used, the last one died mid-way", rp.MaxAttempts)}, nil
+	}
 	// A pause, cancel or tripped budget since this try began stops it
 	// here: no new PATCH goes out once the rollout is not running.
-	if st, err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs); err != nil {
+	st, newlySent, err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs)
+	if err != nil {
 		return result{}, err
 	} else if st != store.RolloutRunning {
 		return result{}, &Snooze{After: h.recheck(), Reason: "rollout " + st}
 	}
 	got, err := client.PatchNetworkConfig(ctx, p.CVM, upd)
+	var sn *Snooze
+	if errors.As(err, &sn) && newlySent {
+		// Our own rate limit held the PATCH back: it was not sent.
+		if uerr := h.Store.UnmarkPatching(context.WithoutCancel(ctx), p.Rollout, p.CVM); uerr != nil {
+			return result{}, uerr
+		}
+	}
 	if err != nil {
 		return result{}, err
 	}

@@ -46,3 +46,29 @@ func TestVMMDowngradedAfterPlan(t *testing.T) {
 		})
 	}
 }
+
+// TestNoPatchPastMaxAttempts: when earlier tries used every attempt (the
+// last one died mid-way), the next try sends no PATCH and records failed.
+func TestNoPatchPastMaxAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, cleanFleet)
+		p := b.Apply(t, "name: m\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nretry: {max_attempts: 2}\n")
+		victim := p.Items[0].CVMID
+		ctx := t.Context()
+		// One failed try, then a second that died while running.
+		for _, m := range []struct{ to, mode string }{{store.Running, store.ModeBegin}, {store.Pending, store.ModeRequeue}, {store.Running, store.ModeBegin}} {
+			if _, err := b.Store.Move(ctx, p.ID, victim, m.to, m.mode, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.Workers(t, 1, 4)
+		b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
+		rec, err := b.Store.Record(ctx, p.ID, victim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.State != store.Failed || !strings.Contains(rec.Reason, "no attempt left") || b.Sim.Stats().PatchesPerCVM[victim] != 0 {
+			t.Fatalf("%s: %s %q after %d PATCHes", victim, rec.State, rec.Reason, b.Sim.Stats().PatchesPerCVM[victim])
+		}
+	})
+}
