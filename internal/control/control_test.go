@@ -8,10 +8,12 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api/sim"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/phalafleet/rollout/internal/testutil"
 )
 
@@ -409,6 +411,10 @@ func TestReapplyAfterRetryQueuesNothingTwice(t *testing.T) {
 		if _, err := b.Store.Move(ctx, p.ID, failed, m.to, m.mode, time.Now(), "reason", "t"); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// As a worker would have: a CVM recorded failed has no task left.
+	if err := asynq.NewInspectorFromRedisClient(b.RDB).DeleteTask(tasks.Queue, tasks.TaskID(tasks.Payload{Rollout: p.ID, CVM: failed})); err != nil {
+		t.Fatal(err)
 	}
 	n, err := b.Control().RetryFailed(ctx, p.ID, time.Now())
 	if err != nil || n != 1 {
