@@ -7,13 +7,11 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/api/sim"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/phalafleet/rollout/internal/tasks"
 )
 
 // benchFile is the rollout every stage applies: every CVM to a new KMS and
@@ -98,7 +96,7 @@ func cvmIDs(n int) []string {
 
 // apply records p and queues its tasks, as `rollout apply` does.
 func (b *runner) apply(ctx context.Context, p *plan.Plan) (control.Applied, error) {
-	c := &control.Control{Store: store.New(b.rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(b.rdb)}}
+	c := control.New(b.rdb)
 	a, err := c.Apply(ctx, p, "bench", time.Now())
 	if err == nil && a.Queued != len(p.Items) {
 		err = fmt.Errorf("apply queued %d tasks, want %d", a.Queued, len(p.Items))

@@ -10,11 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -86,7 +84,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 }
 
 func applyPlan(ctx context.Context, rdb redis.UniversalClient, p *plan.Plan, who string) (control.Applied, error) {
-	c := &control.Control{Store: store.New(rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}}
+	c := control.New(rdb)
 	return c.Apply(ctx, p, who, time.Now())
 }
 
@@ -100,6 +98,6 @@ func whoAmI() string {
 }
 
 func retryFailed(ctx context.Context, rdb redis.UniversalClient, id string) (int, error) {
-	c := &control.Control{Store: store.New(rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}}
+	c := control.New(rdb)
 	return c.RetryFailed(ctx, id, time.Now())
 }

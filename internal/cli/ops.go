@@ -95,7 +95,7 @@ func runCancel(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	stopped, err := st.StopRepeatingIf(ctx, id)
+	stopped, err := st.StopRepeating(ctx, id)
 	if err != nil {
 		return err
 	}

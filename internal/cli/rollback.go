@@ -8,11 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
-	"github.com/phalafleet/rollout/internal/store"
-	"github.com/phalafleet/rollout/internal/tasks"
 )
 
 // runRollback undoes a rollout: every CVM it changed gets its own
@@ -40,7 +37,7 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	c := &control.Control{Store: store.New(rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}}
+	c := control.New(rdb)
 	p, err := c.PlanRollback(ctx, client, id)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/tasks"
@@ -20,6 +21,11 @@ import (
 type Control struct {
 	Store *store.Store
 	Queue *tasks.Enqueuer
+}
+
+// New wires a Control to one Redis: the rollout records and the queue.
+func New(rdb redis.UniversalClient) *Control {
+	return &Control{Store: store.New(rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}}
 }
 
 // Applied is what apply did.

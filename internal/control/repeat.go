@@ -32,10 +32,12 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 		return err
 	}
 	if b.State == store.RolloutCancelled || spec.Schedule == nil || spec.Schedule.Repeat <= 0 {
-		return c.Store.StopRepeating(ctx, base)
+		_, err := c.Store.StopRepeating(ctx, base)
+		return err
 	}
 	if _, _, ended := spec.Schedule.Gate(now); ended {
-		return c.Store.StopRepeating(ctx, base)
+		_, err := c.Store.StopRepeating(ctx, base)
+		return err
 	}
 	n := atoi(b.Fields["runs"])
 	latest := base

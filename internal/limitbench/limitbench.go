@@ -15,14 +15,12 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/api/sim"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/phalafleet/rollout/internal/worker"
 	"github.com/redis/go-redis/v9"
 )
@@ -84,7 +82,7 @@ func (e *env) apply(ctx context.Context, yaml string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	c := &control.Control{Store: store.New(e.rdb), Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(e.rdb)}}
+	c := control.New(e.rdb)
 	a, err := c.Apply(ctx, p, "bench", time.Now())
 	return a.ID, err
 }

@@ -360,11 +360,6 @@ func (s *Store) Event(ctx context.Context, id string, now time.Time, who, what s
 	return err
 }
 
-// Events returns the audit trail.
-func (s *Store) Events(ctx context.Context, id string) ([]string, error) {
-	return s.rdb.LRange(ctx, EventsKey(id), 0, -1).Result()
-}
-
 // MarkPatching is called just before a PATCH. Unless the rollout is no
 // longer running (then it changes nothing and returns the state), it
 // records that a PATCH was sent, and the CVM's before-image the first time
@@ -441,13 +436,8 @@ func (s *Store) Repeating(ctx context.Context) ([]string, error) {
 	return s.rdb.SMembers(ctx, RepeatingKey).Result()
 }
 
-// StopRepeating ends a rollout's repeats.
-func (s *Store) StopRepeating(ctx context.Context, id string) error {
-	return s.rdb.SRem(ctx, RepeatingKey, id).Err()
-}
-
-// StopRepeatingIf ends a rollout's repeats and reports whether it had any.
-func (s *Store) StopRepeatingIf(ctx context.Context, id string) (bool, error) {
+// StopRepeating ends a rollout's repeats and reports whether it had any.
+func (s *Store) StopRepeating(ctx context.Context, id string) (bool, error) {
 	n, err := s.rdb.SRem(ctx, RepeatingKey, id).Result()
 	return n > 0, err
 }

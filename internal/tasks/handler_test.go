@@ -7,12 +7,10 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api/sim"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/phalafleet/rollout/internal/testutil"
 	"github.com/phalafleet/rollout/internal/worker"
 )
@@ -32,7 +30,7 @@ func applyAll(t *testing.T, b *testutil.Bundle, retry string) *plan.Plan {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &control.Control{Store: b.Store, Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(b.RDB)}}
+	c := control.New(b.RDB)
 	if _, err := c.Apply(ctx, p, "test", time.Now()); err != nil {
 		t.Fatal(err)
 	}

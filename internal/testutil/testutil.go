@@ -12,13 +12,11 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/api/sim"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/phalafleet/rollout/internal/worker"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -172,7 +170,7 @@ func (b *Bundle) Apply(t testing.TB, yaml string) *plan.Plan {
 
 // Control returns a control.Control on the bundle's Redis.
 func (b *Bundle) Control() *control.Control {
-	return &control.Control{Store: b.Store, Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(b.RDB)}}
+	return control.New(b.RDB)
 }
 
 // Records returns every CVM record of a rollout by CVM id.

@@ -35,8 +35,6 @@ type Config struct {
 	Log  *slog.Logger
 	// ControllerInterval is how often the controller looks at rollouts.
 	ControllerInterval time.Duration
-	// NoController runs tasks only.
-	NoController bool
 	// MetricsAddr serves /metrics and /healthz when set (e.g. :9090).
 	MetricsAddr string
 }
@@ -104,10 +102,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if cfg.NoController {
-			return
-		}
-		ctl := &control.Controller{Control: &control.Control{Store: st, Queue: &tasks.Enqueuer{Client: asynq.NewClientFromRedisClient(rdb)}},
+		ctl := &control.Controller{Control: control.New(rdb),
 			Owner: cfg.Name, Log: cfg.Log, Reaper: lim}
 		if r, ok := cfg.API.(plan.Reader); ok {
 			ctl.Planner = r
