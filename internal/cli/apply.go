@@ -99,5 +99,5 @@ func whoAmI() string {
 
 func retryFailed(ctx context.Context, rdb redis.UniversalClient, id string) (int, error) {
 	c := control.New(rdb)
-	return c.RetryFailed(ctx, id, time.Now())
+	return c.RetryFailed(ctx, id, whoAmI(), time.Now())
 }

@@ -47,6 +47,7 @@ func commands() []command {
 		{"status", "status ID [--watch] [-o table|json]     state and counts of a rollout", runStatus},
 		{"report", "report ID [-o csv|json|table]           one row per CVM", runReport},
 		{"list", "list [-o table|json]                    rollouts and their states", runList},
+		{"events", "events ID [--last N] [-o table|json]    who did what to a rollout, and when", runEvents},
 		{"pause", "pause ID                                stop starting CVMs (in-flight ones finish)", runPause},
 		{"resume", "resume ID                               continue a paused rollout", runResume},
 		{"cancel", "cancel ID                               end a rollout; CVMs not started become cancelled", runCancel},

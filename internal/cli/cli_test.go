@@ -325,6 +325,34 @@ func TestOperatorCommands(t *testing.T) {
 	if _, _, err := run(t, b, "cancel", p.ID); err == nil || !strings.Contains(err.Error(), "is completed") {
 		t.Fatalf("cancel of a completed rollout: %v", err)
 	}
+	// The audit trail has every step above, in order, each with who did it.
+	var evs []store.Event
+	if err := json.Unmarshal([]byte(mustRun(t, b, "events", p.ID, "-o", "json")), &evs); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"applied (running): 29 to patch", "pause (running -> paused)", "resume (paused -> running)",
+		"stage 1 promoted", "stage 2 (", "completed", "retry --failed: 1 failed CVMs re-queued", "completed", "rollback recorded as " + p.ID + "-rollback"}
+	i := 0
+	for _, ev := range evs {
+		if i < len(want) && strings.HasPrefix(ev.What, want[i]) {
+			if ev.By == "" || ev.At.IsZero() {
+				t.Errorf("event without who or when: %+v", ev)
+			}
+			i++
+		}
+	}
+	if i < len(want) {
+		t.Fatalf("events lack %q (in order); got %+v", want[i], evs)
+	}
+	if out := mustRun(t, b, "events", p.ID, "--last", "1"); strings.Count(out, "\n") != 1 || !strings.Contains(out, "rollback recorded") {
+		t.Fatalf("events --last 1:\n%s", out)
+	}
+	if out := mustRun(t, b, "status", p.ID); !strings.Contains(out, "Latest events") || !strings.Contains(out, "rollback recorded") {
+		t.Fatalf("status does not show the latest events:\n%s", out)
+	}
+	if _, _, err := run(t, b, "events", "no-such-rollout"); err == nil {
+		t.Fatal("events of an unknown rollout succeeded")
+	}
 }
 
 func waitCount(t *testing.T, b *testutil.Bundle, id, state string, want int) {

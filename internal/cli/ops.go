@@ -39,7 +39,11 @@ func setState(ctx context.Context, e *Env, st *store.Store, name, id, reason, to
 		return false, cur, err
 	}
 	if ok {
-		_ = st.Event(ctx, id, time.Now(), whoAmI(), fmt.Sprintf("%s (%s -> %s)", name, cur, to))
+		what := fmt.Sprintf("%s (%s -> %s)", name, cur, to)
+		if reason != "" {
+			what += ": " + reason
+		}
+		_ = st.Event(ctx, id, time.Now(), whoAmI(), what)
 		fmt.Fprintf(e.Stdout, "rollout %s: %s -> %s\n", id, cur, to)
 	} else if cur == to {
 		fmt.Fprintf(e.Stdout, "rollout %s is already %s\n", id, to)
@@ -114,7 +118,7 @@ func runPromote(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer done()
-	r, err := (&control.Control{Store: st}).Promote(ctx, id, time.Now())
+	r, err := (&control.Control{Store: st}).Promote(ctx, id, whoAmI(), time.Now())
 	if err != nil {
 		return err
 	}

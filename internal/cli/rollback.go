@@ -62,6 +62,9 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if a.Created {
+		_ = c.Store.Event(ctx, id, time.Now(), whoAmI(), fmt.Sprintf("rollback recorded as %s (%d CVMs to restore)", a.ID, p.Counts[plan.Patch]))
+	}
 	if *out == "json" {
 		return writeJSON(e.Stdout, a)
 	}

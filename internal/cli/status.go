@@ -42,21 +42,33 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	events, err := st.Events(ctx, id, recentEvents)
+	if err != nil {
+		return err
+	}
 	if *out == "json" {
 		s := statusJSON(r)
-		s.RecentFailures = failures
+		s.RecentFailures, s.RecentEvents = failures, events
 		return writeJSON(e.Stdout, s)
 	}
 	printStatus(e.Stdout, r)
 	printFailures(e.Stdout, failures)
+	if len(events) > 0 {
+		fmt.Fprintf(e.Stdout, "\nLatest events (rollout events %s lists all):\n", id)
+		printEvents(e.Stdout, "  ", events)
+	}
 	return nil
 }
+
+// recentEvents is how many audit-trail lines status shows.
+const recentEvents = 5
 
 // Status is `status -o json`: stable snake_case fields.
 type Status struct {
 	*store.Rollout
-	Done           int      `json:"done"`
-	RecentFailures []string `json:"recent_failures,omitempty"`
+	Done           int           `json:"done"`
+	RecentFailures []string      `json:"recent_failures,omitempty"`
+	RecentEvents   []store.Event `json:"recent_events,omitempty"`
 }
 
 func statusJSON(r *store.Rollout) Status { return Status{Rollout: r, Done: done(r.Counts)} }

@@ -93,6 +93,13 @@ func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.
 	if r.State == store.RolloutRunning {
 		out.Queued, err = c.Dispatch(ctx, r, p.File)
 	}
+	switch {
+	case created:
+		_ = c.Store.Event(ctx, p.ID, now, who, fmt.Sprintf("applied (%s): %d to patch, %d unchanged, %d skipped; plan hash %s",
+			r.State, p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], p.Hash))
+	case out.Queued > 0:
+		_ = c.Store.Event(ctx, p.ID, now, who, fmt.Sprintf("applied again: %d tasks queued that were missing", out.Queued))
+	}
 	return out, err
 }
 

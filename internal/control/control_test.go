@@ -113,7 +113,7 @@ func TestManualPromote(t *testing.T) {
 		if want := "waiting for `rollout promote " + p.ID + "`"; r.Reason == "" || !contains(r.Reason, want) {
 			t.Fatalf("reason %q", r.Reason)
 		}
-		if _, err := b.Control().Promote(context.Background(), p.ID, time.Now()); err != nil {
+		if _, err := b.Control().Promote(context.Background(), p.ID, "test", time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
@@ -160,6 +160,11 @@ func TestFailureBudgetTripsAtExactCount(t *testing.T) {
 					}
 					if r := get(t, b, p.ID); r.State != want || !contains(r.Reason, "failure budget exceeded") {
 						t.Fatalf("after the trip: %s (%s)", r.State, r.Reason)
+					}
+					evs, err := b.Store.Events(ctx, p.ID, 1)
+					if err != nil || len(evs) != 1 || evs[0].By != "failure-budget" || !contains(evs[0].What, "rollout "+want) ||
+						time.Since(evs[0].At) > time.Minute {
+						t.Fatalf("the trip is not in the audit trail: %+v %v", evs, err)
 					}
 					return
 				}
@@ -271,7 +276,7 @@ func TestRetryFailed(t *testing.T) {
 		queued := make([]int, 2)
 		for i := range 2 {
 			wg.Go(func() {
-				n, err := b.Control().RetryFailed(context.Background(), p.ID, time.Now())
+				n, err := b.Control().RetryFailed(context.Background(), p.ID, "test", time.Now())
 				if err != nil {
 					t.Error(err)
 				}
@@ -416,7 +421,7 @@ func TestReapplyAfterRetryQueuesNothingTwice(t *testing.T) {
 	if err := asynq.NewInspectorFromRedisClient(b.RDB).DeleteTask(tasks.Queue, tasks.TaskID(tasks.Payload{Rollout: p.ID, CVM: failed})); err != nil {
 		t.Fatal(err)
 	}
-	n, err := b.Control().RetryFailed(ctx, p.ID, time.Now())
+	n, err := b.Control().RetryFailed(ctx, p.ID, "test", time.Now())
 	if err != nil || n != 1 {
 		t.Fatalf("retry: %d %v", n, err)
 	}

@@ -172,6 +172,9 @@ func (c *Controller) schedule(ctx context.Context, r *store.Rollout, spec *plan.
 		return false, nil
 	case wait > 0 && r.State == store.RolloutRunning:
 		_, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutScheduled, why, now, store.RolloutRunning)
+		if ok {
+			_ = c.Store.Event(ctx, r.ID, now, "controller", "stopped dispatching: "+why)
+		}
 		return ok, err
 	case wait > 0:
 		if r.Reason != why {
@@ -180,6 +183,9 @@ func (c *Controller) schedule(ctx context.Context, r *store.Rollout, spec *plan.
 		return false, nil
 	case r.State == store.RolloutScheduled:
 		_, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutRunning, "", now, store.RolloutScheduled)
+		if ok {
+			_ = c.Store.Event(ctx, r.ID, now, "controller", "started dispatching (schedule allows it)")
+		}
 		return ok, err
 	}
 	return false, nil

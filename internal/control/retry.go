@@ -12,7 +12,7 @@ import (
 // under a new task generation. A finished rollout runs again; a paused one
 // stays paused (its tasks wait for resume). Two operators retrying at once
 // each queue only the CVMs they reset, so none is queued twice.
-func (c *Control) RetryFailed(ctx context.Context, id string, now time.Time) (int, error) {
+func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time) (int, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
 		return 0, err
@@ -49,13 +49,13 @@ func (c *Control) RetryFailed(ctx context.Context, id string, now time.Time) (in
 	if err := c.Store.Reactivate(ctx, id); err != nil {
 		return 0, err
 	}
-	_ = c.Store.Event(ctx, id, now, "retry", "re-queued failed CVMs")
+	_ = c.Store.Event(ctx, id, now, who, fmt.Sprintf("retry --failed: %d failed CVMs re-queued", len(ids)))
 	return c.enqueue(ctx, id, spec, byGen)
 }
 
 // Promote lets the current stage move on once it is done: past a manual
 // gate, or before its bake has run out.
-func (c *Control) Promote(ctx context.Context, id string, now time.Time) (*store.Rollout, error) {
+func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*store.Rollout, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -66,6 +66,6 @@ func (c *Control) Promote(ctx context.Context, id string, now time.Time) (*store
 	if err := c.Store.SetFields(ctx, id, "promoted", r.Stage); err != nil {
 		return nil, err
 	}
-	_ = c.Store.Event(ctx, id, now, "promote", fmt.Sprintf("stage %d promoted", r.Stage+1))
+	_ = c.Store.Event(ctx, id, now, who, fmt.Sprintf("stage %d promoted", r.Stage+1))
 	return r, nil
 }

@@ -22,7 +22,7 @@ func StageKey(id string, stage int) string {
 	return prefix + "{" + id + "}:stage:" + strconv.Itoa(stage)
 }
 
-// EventsKey is the rollout's audit trail (a capped list of JSON lines).
+// EventsKey is the rollout's audit trail: a capped list of "RFC3339 who: what" lines.
 func EventsKey(id string) string { return prefix + "{" + id + "}:events" }
 
 // FailuresKey holds the latest failures of a rollout (capped at 20).

@@ -6,7 +6,8 @@ import "github.com/redis/go-redis/v9"
 // keeps the rollout's counters in step, atomically: status never scans CVMs
 // and counts never drift, whatever crashes.
 //
-// KEYS[1] rollout hash, KEYS[2] CVM hash, KEYS[3] recent failures list.
+// KEYS[1] rollout hash, KEYS[2] CVM hash, KEYS[3] recent failures list,
+// KEYS[4] audit trail (a tripped budget is written there, as Store.Event would).
 // ARGV[1] new state, ARGV[2] mode, ARGV[3] now (RFC 3339), ARGV[4..] field/value pairs.
 // Modes:
 //
@@ -88,8 +89,10 @@ if (new == 'failed' or new == 'succeeded') and rstate == 'running' then
     local minx = tonumber(redis.call('HGET', KEYS[1], 'budget_min_executed') or '0')
     if f > tonumber(maxf) and f + s >= minx then
       local action = redis.call('HGET', KEYS[1], 'budget_action') or 'paused'
-      redis.call('HSET', KEYS[1], 'state', action, 'reason',
-        'failure budget exceeded: ' .. f .. ' failed of ' .. (f + s) .. ' executed (max_failed ' .. maxf .. ')')
+      local why = 'failure budget exceeded: ' .. f .. ' failed of ' .. (f + s) .. ' executed (max_failed ' .. maxf .. ')'
+      redis.call('HSET', KEYS[1], 'state', action, 'reason', why)
+      redis.call('RPUSH', KEYS[4], string.sub(ARGV[3], 1, 19) .. 'Z failure-budget: ' .. why .. ', rollout ' .. action)
+      redis.call('LTRIM', KEYS[4], -1000, -1) -- maxEvents
       tripped = action
     end
   end

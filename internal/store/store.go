@@ -253,7 +253,7 @@ func (s *Store) Move(ctx context.Context, id, cvm, to, mode string, now time.Tim
 	for _, f := range fields {
 		args = append(args, f)
 	}
-	res, err := transitionScript.Run(ctx, s.rdb, []string{RolloutKey(id), CVMKey(id, cvm), FailuresKey(id)}, args...).StringSlice()
+	res, err := transitionScript.Run(ctx, s.rdb, []string{RolloutKey(id), CVMKey(id, cvm), FailuresKey(id), EventsKey(id)}, args...).StringSlice()
 	if err != nil {
 		return Transition{}, err
 	}
@@ -350,14 +350,57 @@ func parseRecord(id string, m map[string]string) CVMRecord {
 // JSONList encodes a URL list for a record field (nil stays "null").
 func JSONList(l []string) string { return jsonList(l) }
 
-// Event appends a line to the rollout's audit trail (capped at 1,000).
+// Event is one line of a rollout's audit trail: who did what, when.
+type Event struct {
+	At   time.Time `json:"at"`
+	By   string    `json:"by"`
+	What string    `json:"what"`
+}
+
+// maxEvents caps a rollout's audit trail; the oldest lines go first.
+const maxEvents = 1000
+
+// Event appends a line to the rollout's audit trail. The line is
+// "RFC3339 who: what", the format the transition script also writes when a
+// failure budget trips.
 func (s *Store) Event(ctx context.Context, id string, now time.Time, who, what string) error {
 	line := now.UTC().Format(time.RFC3339) + " " + who + ": " + strings.ReplaceAll(what, "\n", " ")
 	pipe := s.rdb.Pipeline()
 	pipe.RPush(ctx, EventsKey(id), line)
-	pipe.LTrim(ctx, EventsKey(id), -1000, -1)
+	pipe.LTrim(ctx, EventsKey(id), -maxEvents, -1)
 	_, err := pipe.Exec(ctx)
 	return err
+}
+
+// Events returns the rollout's audit trail, oldest first; last > 0 keeps
+// only the latest that many.
+func (s *Store) Events(ctx context.Context, id string, last int) ([]Event, error) {
+	start := int64(0)
+	if last > 0 {
+		start = -int64(last)
+	}
+	lines, err := s.rdb.LRange(ctx, EventsKey(id), start, -1).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Event, 0, len(lines))
+	for _, l := range lines {
+		out = append(out, parseEvent(l))
+	}
+	return out, nil
+}
+
+func parseEvent(line string) Event {
+	at, rest, _ := strings.Cut(line, " ")
+	t, err := time.Parse(time.RFC3339, at)
+	if err != nil {
+		return Event{What: line}
+	}
+	by, what, ok := strings.Cut(rest, ": ")
+	if !ok {
+		return Event{At: t, What: rest}
+	}
+	return Event{At: t, By: by, What: what}
 }
 
 // MarkPatching is called just before a PATCH. Unless the rollout is no
