@@ -383,7 +383,7 @@ func TestApplyWaitExitStatus(t *testing.T) {
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 8, Seed: 5, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	file := testutil.WriteFile(t, fmt.Sprintf("name: wait\nselector: {all: true}\ntarget: {kms_urls: [%q]}\n", newKMS))
 	b.Sim.FailPatch(b.Sim.IDs()[3], 422)
-	b.Workers(t, 1, 4)
+	b.Workers(t, 1, 50) // two asynq servers (worker.fetchers), listed as one worker
 	_, _, err := run(t, b, "apply", "-f", file, "--yes", "--wait")
 	if err == nil || !strings.Contains(err.Error(), "completed with 1 failed CVMs") {
 		t.Fatalf("apply --wait: %v", err)
@@ -397,7 +397,7 @@ func TestApplyWaitExitStatus(t *testing.T) {
 			Concurrency int `json:"concurrency"`
 		} `json:"workers"`
 	}
-	if err := json.Unmarshal([]byte(mustRun(t, b, "workers", "-o", "json")), &w); err != nil || len(w.Workers) != 1 || w.Workers[0].Concurrency != 4 {
+	if err := json.Unmarshal([]byte(mustRun(t, b, "workers", "-o", "json")), &w); err != nil || len(w.Workers) != 1 || w.Workers[0].Concurrency != 50 {
 		t.Fatalf("workers -o json: %+v %v", w, err)
 	}
 }

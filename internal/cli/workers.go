@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -35,9 +36,26 @@ func runWorkers(ctx context.Context, e *Env, args []string) error {
 		Started     time.Time `json:"started"`
 		Status      string    `json:"status"`
 	}
-	rows := make([]row, len(servers))
-	for i, s := range servers {
-		rows[i] = row{s.Host, s.PID, s.Concurrency, len(s.ActiveWorkers), s.Started, s.Status}
+	// A worker process runs several asynq servers (worker.fetchers): one
+	// row per process, their concurrency and active tasks summed.
+	rows := []row{}
+	at := map[string]int{}
+	for _, s := range servers {
+		k := s.Host + "/" + strconv.Itoa(s.PID)
+		i, ok := at[k]
+		if !ok {
+			i, at[k] = len(rows), len(rows)
+			rows = append(rows, row{Host: s.Host, PID: s.PID, Started: s.Started, Status: s.Status})
+		}
+		r := &rows[i]
+		r.Concurrency += s.Concurrency
+		r.Active += len(s.ActiveWorkers)
+		if s.Started.Before(r.Started) {
+			r.Started = s.Started
+		}
+		if s.Status != "active" {
+			r.Status = s.Status
+		}
 	}
 	var q *asynq.QueueInfo
 	if qi, err := insp.GetQueueInfo(tasks.Queue); err == nil {
