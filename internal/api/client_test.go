@@ -748,7 +748,10 @@ func TestRequestTimeout(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	c := newClient(t, srv.URL, func(c *Config) { c.Timeout = 30 * time.Millisecond; c.ReadTries = 2 })
+	// Each try must reach the handler before its timeout for calls to be 2:
+	// 30ms (dial, accept, read the request) was within reach of a stall on
+	// a loaded 2-core machine; 250ms is not, and still far below the 2s check.
+	c := newClient(t, srv.URL, func(c *Config) { c.Timeout = 250 * time.Millisecond; c.ReadTries = 2 })
 	start := time.Now()
 	_, err := c.GetNetworkConfig(context.Background(), "cvm_abc")
 	if err == nil || !Transient(err) || StatusOf(err) != 0 {

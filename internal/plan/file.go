@@ -80,7 +80,7 @@ type Backoff struct {
 
 // Retry defaults.
 const (
-	DefaultMaxAttempts    = 8 // with the backoff below, rides out an API outage of about 2 minutes
+	DefaultMaxAttempts    = 8 // with the backoff below, rides out an API outage of at least 2 minutes (7 waits of 2s, 4s, ... 120s, each at least half that)
 	DefaultBackoffBase    = 2 * time.Second
 	DefaultBackoffMax     = 2 * time.Minute
 	DefaultAttemptTimeout = 30 * time.Second

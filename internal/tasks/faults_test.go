@@ -24,11 +24,20 @@ func TestFaultTolerance(t *testing.T) {
 		outageFor time.Duration // the API answers 503 to everything for this long, then recovers
 		mayFail   bool
 	}{
-		{name: "5xx ratio", faults: sim.Faults{ErrorRate: 0.3}},
+		// The three random faults below must fail no CVM, yet a CVM fails by
+		// chance when all 8 of its tries hit the fault. 29 of the 40 CVMs
+		// are patched. A try fails with odds q = r + r^5 for 5xx and drops
+		// (one PATCH, the GET retried 5 times) and 1-(1-r)^2 for hangs (a
+		// hung GET uses up the try's attempt_timeout), so a run fails with
+		// odds 29*q^8: at the former 0.3, 0.2 and 0.1, 1 in 500, 13,000 and
+		// 20,000. The 5xx case also needs one 5xx among its at least 58
+		// requests, (1-r)^58, so 0.17 balances both at 1 in 25,000 a run;
+		// drops at 0.15 fail 1 in 134,000 and hangs at 0.08 1 in 110,000.
+		{name: "5xx ratio", faults: sim.Faults{ErrorRate: 0.17}},
 		{name: "429 bursts", faults: sim.Faults{RateLimit: 5, RateBurst: 10}},
 		{name: "latency spikes", faults: sim.Faults{Latency: 100 * time.Millisecond, LatencySpike: 0.2}},
-		{name: "dropped connections", faults: sim.Faults{DropRate: 0.2}},
-		{name: "hung requests", faults: sim.Faults{HangRate: 0.1}},
+		{name: "dropped connections", faults: sim.Faults{DropRate: 0.15}},
+		{name: "hung requests", faults: sim.Faults{HangRate: 0.08}},
 		{name: "API down for a minute", outageFor: time.Minute},
 		{name: "adaptive under an unknown limit", faults: sim.Faults{RateLimit: 8, RateBurst: 2}, extra: "rate: {per_second: 100}\n"},
 		// Its 5xx share is high enough that about 50 requests past the other

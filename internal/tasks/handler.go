@@ -109,12 +109,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		target = own
 	}
-	maxAttempts := spec.Retry.WithDefaults().MaxAttempts
-	res, err := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter, tr.Attempts >= maxAttempts)
+	rp := spec.Retry.WithDefaults()
+	res, err := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter, tr.Attempts >= rp.MaxAttempts)
 	if err == nil {
 		return h.finish(ctx, p, res.state, res.reason, res.fields...)
 	}
-	return h.failed(ctx, p, err, attempt, maxAttempts)
+	return h.failed(ctx, p, err, attempt, rp)
 }
 
 type result struct {
@@ -214,7 +214,7 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 // task whose retry count is used up even when the error is not a failure,
 // so a throttled last try would be lost. asynq's MaxRetry is only a
 // backstop (see SafetyMaxRetry).
-func (h *Handler) failed(ctx context.Context, p Payload, err error, attempt, maxAttempts int) error {
+func (h *Handler) failed(ctx context.Context, p Payload, err error, attempt int, rp plan.Retry) error {
 	d := Classify(err)
 	status := strconv.Itoa(d.HTTP)
 	switch d.Kind {
@@ -223,14 +223,21 @@ func (h *Handler) failed(ctx context.Context, p Payload, err error, attempt, max
 	case Throttle:
 		return h.requeue(ctx, p, store.ModeSnooze, d.Reason, d.HTTP, &Snooze{After: d.After, Reason: d.Reason})
 	}
-	if attempt >= maxAttempts {
+	if attempt >= rp.MaxAttempts {
 		return h.finish(ctx, p, store.Failed, fmt.Sprintf("%s (after %d attempts)", d.Reason, attempt), "http_status", status)
 	}
-	var rerr error = err
+	return h.requeue(ctx, p, store.ModeRequeue, d.Reason, d.HTTP, &retryAfter{err: err, after: retryWait(d, attempt, rp.Backoff)})
+}
+
+// retryWait is the wait before the try after failed attempt number
+// attempt (1-based): the API's Retry-After, else the file's backoff. It is
+// decided here, from the attempts in the CVM's record, because asynq's own
+// retry count starts at 0 and also counts snoozes (throttles, pauses).
+func retryWait(d Decision, attempt int, b plan.Backoff) time.Duration {
 	if d.After > 0 {
-		rerr = &retryAfter{err: err, after: d.After}
+		return d.After
 	}
-	return h.requeue(ctx, p, store.ModeRequeue, d.Reason, d.HTTP, rerr)
+	return b.Delay(attempt)
 }
 
 func (h *Handler) finish(ctx context.Context, p Payload, state, reason string, fields ...string) error {

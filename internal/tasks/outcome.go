@@ -83,8 +83,9 @@ func IsFailure(err error) bool {
 }
 
 // RetryDelay is asynq's RetryDelayFunc: a snooze waits what it says; a
-// failed attempt backs off exponentially with jitter, honouring a
-// Retry-After the API sent.
+// failed attempt waits what the handler decided (retryWait). Any other
+// error (Redis unreachable, say) backs off by asynq's count n of earlier
+// retries, which starts at 0.
 func RetryDelay(n int, err error, backoff func(n int) time.Duration) time.Duration {
 	var s *Snooze
 	if errors.As(err, &s) {
@@ -94,7 +95,7 @@ func RetryDelay(n int, err error, backoff func(n int) time.Duration) time.Durati
 	if errors.As(err, &ra) && ra.after > 0 {
 		return ra.after
 	}
-	return backoff(n)
+	return backoff(n + 1)
 }
 
 // retryAfter carries an API's Retry-After on a counted retry.

@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"errors"
+	"github.com/phalafleet/rollout/internal/plan"
 	"net"
 	"testing"
 	"time"
@@ -60,7 +61,26 @@ func TestSnoozeIsNotAFailure(t *testing.T) {
 	if d := RetryDelay(1, &retryAfter{err: errors.New("x"), after: 9 * time.Second}, fixed); d != 9*time.Second {
 		t.Errorf("retry-after delay %s", d)
 	}
-	if d := RetryDelay(3, errors.New("x"), fixed); d != 42*time.Second {
-		t.Errorf("backoff delay %s", d)
+	var asked []int
+	counting := func(n int) time.Duration { asked = append(asked, n); return 42 * time.Second }
+	if d := RetryDelay(0, errors.New("x"), counting); d != 42*time.Second || len(asked) != 1 || asked[0] != 1 {
+		t.Errorf("backoff delay %s for asynq's first retry asked %v, want the backoff of retry 1", d, asked)
+	}
+}
+
+// TestRetryWaitFollowsAttempts: the wait after failed attempt k is the
+// backoff of retry k (base, 2*base, ... up to max, each with jitter in
+// [d/2, d]), whatever asynq's own count says; a Retry-After wins.
+func TestRetryWaitFollowsAttempts(t *testing.T) {
+	b := plan.Backoff{Base: 4 * time.Second, Max: 20 * time.Second}
+	for attempt, top := range map[int]time.Duration{1: 4 * time.Second, 2: 8 * time.Second, 3: 16 * time.Second, 4: 20 * time.Second, 7: 20 * time.Second} {
+		for range 50 {
+			if d := retryWait(Decision{Kind: Retry}, attempt, b); d < top/2 || d > top {
+				t.Fatalf("after attempt %d: waited %s, want %s..%s", attempt, d, top/2, top)
+			}
+		}
+	}
+	if d := retryWait(Decision{Kind: Retry, After: 7 * time.Second}, 1, b); d != 7*time.Second {
+		t.Errorf("Retry-After 7s: waited %s", d)
 	}
 }
