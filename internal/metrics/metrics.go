@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/tasks"
@@ -43,7 +44,7 @@ func New(st *store.Store) *Metrics {
 	m.reg.MustRegister(m.requests, m.latency, m.outcomes, m.throttled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if st != nil {
-		m.reg.MustRegister(&rolloutCollector{st: st})
+		m.reg.MustRegister(&rolloutCollector{st: st, insp: asynq.NewInspectorFromRedisClient(st.Redis())})
 	}
 	return m
 }
@@ -106,18 +107,36 @@ func (i *instrumented) PatchNetworkConfig(ctx context.Context, id string, upd ap
 	return c, err
 }
 
-// rolloutCollector reads the counters of active rollouts at scrape time:
-// one HGETALL per active rollout, whatever its size.
-type rolloutCollector struct{ st *store.Store }
+// rolloutCollector reads, at scrape time, the counters of active rollouts
+// (one HGETALL per active rollout, whatever its size) and the depth of the
+// task queue (asynq's own counters for the one queue).
+type rolloutCollector struct {
+	st   *store.Store
+	insp *asynq.Inspector
+}
 
 var cvmsDesc = prometheus.NewDesc("rollout_cvms", "CVMs of an active rollout by state.", []string{"rollout", "state"}, nil)
 var stateDesc = prometheus.NewDesc("rollout_state", "1 for the active rollout's current state.", []string{"rollout", "state"}, nil)
+var queueDesc = prometheus.NewDesc("rollout_queue_tasks", "Tasks in the rollout queue by asynq state (scheduled: waiting out a backoff, throttle, pause or window).", []string{"state"}, nil)
+var latencyDesc = prometheus.NewDesc("rollout_queue_latency_seconds", "How long the oldest pending task has waited.", nil, nil)
 
-func (c *rolloutCollector) Describe(ch chan<- *prometheus.Desc) { ch <- cvmsDesc; ch <- stateDesc }
+func (c *rolloutCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- cvmsDesc
+	ch <- stateDesc
+	ch <- queueDesc
+	ch <- latencyDesc
+}
 
 func (c *rolloutCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	if q, err := c.insp.GetQueueInfo(tasks.Queue); err == nil {
+		for state, n := range map[string]int{"pending": q.Pending, "active": q.Active, "scheduled": q.Scheduled,
+			"retry": q.Retry, "archived": q.Archived} {
+			ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(n), state)
+		}
+		ch <- prometheus.MustNewConstMetric(latencyDesc, prometheus.GaugeValue, q.Latency.Seconds())
+	}
 	ids, err := c.st.Active(ctx)
 	if err != nil {
 		return

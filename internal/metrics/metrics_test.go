@@ -5,11 +5,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/metrics"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
 	"github.com/phalafleet/rollout/internal/worker"
@@ -26,6 +28,20 @@ func TestWorkerMetrics(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	p := b.Apply(t, "name: m\nselector: {all: true}\ntarget: {kms_urls: [\"https://k.example:1\"]}\n")
+	// Before any worker: the dashboard's view of the queued rollout.
+	before := httptest.NewServer(metrics.New(b.Store).Handler(func() error { return nil }))
+	defer before.Close()
+	body := scrape(t, before.URL+"/metrics")
+	for _, want := range []string{
+		`rollout_queue_tasks{state="pending"} 20`,
+		`rollout_queue_tasks{state="active"} 0`,
+		`rollout_cvms{rollout="` + p.ID + `",state="pending"} 20`,
+		`rollout_state{rollout="` + p.ID + `",state="running"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics before the workers lack %s", want)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -34,11 +50,12 @@ func TestWorkerMetrics(t *testing.T) {
 	}()
 	defer func() { cancel(); <-done }()
 	b.WaitState(t, p.ID, 30*time.Second, store.RolloutCompleted)
-	body := scrape(t, "http://"+addr+"/metrics")
+	body = scrape(t, "http://"+addr+"/metrics")
 	for _, want := range []string{
 		`rollout_cvm_outcomes_total{rollout="` + p.ID + `",state="succeeded"} 20`,
 		`rollout_api_requests_total{code="200",op="patch_network_config"} 20`,
 		`rollout_api_request_duration_seconds_count{op="get_network_config"} 20`,
+		`rollout_queue_tasks{state="pending"} 0`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
