@@ -1,14 +1,17 @@
 // Package ratelimit paces a rollout's API calls across every worker
 // process: a request rate (GCRA, github.com/go-redis/redis_rate) that
 // adapts to the API's 429/503 answers, and a cap on CVMs in flight (a
-// token list in Redis that a crashed worker cannot leak). All state is in
+// semaphore of leases in Redis that a crashed worker cannot leak). All state is in
 // Redis under the rollout's hash tag; it runs on miniredis too.
 package ratelimit
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"math"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -47,11 +50,10 @@ const (
 // 2s limit sent 3.9 requests per CVM instead of 2).
 const MaxInlineWait = 10 * time.Second
 
-func gcraKey(id string) string      { return "rollout:{" + id + "}:gcra" }
-func stateKey(id string) string     { return "rollout:{" + id + "}:pace" }
-func tokensKey(id string) string    { return "rollout:{" + id + "}:slots" }
-func holdersKey(id string) string   { return "rollout:{" + id + "}:slot-holders" }
-func slotsInitKey(id string) string { return "rollout:{" + id + "}:slots-init" }
+func gcraKey(id string) string    { return "rollout:{" + id + "}:gcra" }
+func stateKey(id string) string   { return "rollout:{" + id + "}:pace" }
+func holdersKey(id string) string { return "rollout:{" + id + "}:slot-holders" }
+func wakeKey(id string) string    { return "rollout:{" + id + "}:slot-wake" }
 
 // Limiter enforces Limits for rollouts.
 type Limiter struct {
@@ -166,67 +168,97 @@ func (l *Limiter) Feedback(ctx context.Context, id string, lim Limits, throttled
 		DecreaseFactor, DecreaseEvery.Milliseconds(), FastStep, SlowStep, Threshold).Err()
 }
 
-// releaseScript returns a slot if its holder still holds it (the reaper may
-// have returned it already). KEYS: holders, tokens. ARGV: token.
+// The in-flight cap is a semaphore of leases: a sorted set of holders
+// scored by when each lease ends, in Redis's own clock (TIME), so workers'
+// clocks never matter. Taking a slot drops the expired leases and adds one
+// only while fewer than the cap are held, in one script: there is no token
+// to lose between two commands, and a holder that dies frees its slot when
+// its lease ends. A released slot wakes one waiter through a short list.
+
+// acquireScript takes a slot. KEYS: holders, wake. ARGV: holder, lease
+// (ms), cap. Returns 1 if taken.
+var acquireScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) > 0 then
+  -- this caller takes one of the freed slots; others may wait for the rest
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+  redis.call('PEXPIRE', KEYS[2], 60000)
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+`)
+
+// releaseScript gives a slot back and wakes a waiter. KEYS: holders, wake.
+// ARGV: holder, cap.
 var releaseScript = redis.NewScript(`
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+  redis.call('PEXPIRE', KEYS[2], 60000)
 end
 return 1
 `)
 
-// reapScript returns the slots of holders whose lease ran out (a killed
-// worker). KEYS: holders, tokens. ARGV: now (ms).
+// reapScript drops expired leases and wakes as many waiters. KEYS:
+// holders, wake. Returns how many leases it dropped.
 var reapScript = redis.NewScript(`
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, t in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], t)
-  redis.call('LPUSH', KEYS[2], t)
-end
-return #expired
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 1, n do redis.call('LPUSH', KEYS[2], '1') end
+if n > 0 then redis.call('PEXPIRE', KEYS[2], 60000) end
+return n
 `)
 
+// holderSeq makes holder ids unique within the process; holderPrefix
+// across processes.
+var (
+	holderSeq    atomic.Uint64
+	holderPrefix = func() string {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		return hex.EncodeToString(b[:])
+	}()
+)
+
 // Slot waits up to wait for one of the rollout's MaxInFlight slots. It
-// returns a release func, or nil when none came free in time. A slot is
-// leased for lease; a holder that dies has it returned by Reap.
+// returns a release func, or nil when none came free in time. The slot is
+// leased for lease: a holder that dies holds it no longer than that.
 func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease time.Duration) (func(), error) {
 	if lim.MaxInFlight <= 0 {
 		return func() {}, nil
 	}
-	if err := l.initSlots(ctx, id, lim.MaxInFlight); err != nil {
-		return nil, err
+	holder := holderPrefix + "-" + strconv.FormatUint(holderSeq.Add(1), 36)
+	keys := []string{holdersKey(id), wakeKey(id)}
+	deadline := time.Now().Add(wait)
+	for {
+		ok, err := acquireScript.Run(ctx, l.rdb, keys, holder, lease.Milliseconds(), lim.MaxInFlight).Int()
+		if err != nil {
+			return nil, err
+		}
+		if ok == 1 {
+			return func() {
+				releaseScript.Run(context.WithoutCancel(ctx), l.rdb, keys, holder, lim.MaxInFlight)
+			}, nil
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, nil
+		}
+		// Sleep until a release wakes us (BLPOP takes whole seconds here:
+		// a waiter that misses a wake-up tries again within one).
+		if err := l.rdb.BLPop(ctx, min(left, time.Second), wakeKey(id)).Err(); err != nil && err != redis.Nil {
+			return nil, err
+		}
 	}
-	res, err := l.rdb.BLPop(ctx, max(wait, 10*time.Millisecond), tokensKey(id)).Result()
-	if err == redis.Nil {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	token := res[1]
-	if err := l.rdb.ZAdd(ctx, holdersKey(id), redis.Z{Score: float64(time.Now().Add(lease).UnixMilli()), Member: token}).Err(); err != nil {
-		l.rdb.LPush(context.WithoutCancel(ctx), tokensKey(id), token)
-		return nil, err
-	}
-	return func() {
-		releaseScript.Run(context.WithoutCancel(ctx), l.rdb, []string{holdersKey(id), tokensKey(id)}, token)
-	}, nil
 }
 
-// initSlotsScript creates a rollout's n slot tokens once, atomically (a
-// crash cannot leave the marker without the tokens). KEYS: marker, tokens.
-var initSlotsScript = redis.NewScript(`
-if redis.call('SETNX', KEYS[1], ARGV[1]) == 0 then return 0 end
-for i = 0, tonumber(ARGV[1]) - 1 do redis.call('RPUSH', KEYS[2], 'slot-' .. i) end
-return 1
-`)
-
-// initSlots creates the rollout's slot tokens once.
-func (l *Limiter) initSlots(ctx context.Context, id string, n int) error {
-	return initSlotsScript.Run(ctx, l.rdb, []string{slotsInitKey(id), tokensKey(id)}, n).Err()
-}
-
-// Reap returns slots whose holders' leases ran out. The controller calls it.
+// Reap drops leases that ran out (their holders died) and wakes as many
+// waiters. Slot does it too; the controller calls it so that waiters need
+// not poll.
 func (l *Limiter) Reap(ctx context.Context, id string) (int, error) {
-	return reapScript.Run(ctx, l.rdb, []string{holdersKey(id), tokensKey(id)}, time.Now().UnixMilli()).Int()
+	return reapScript.Run(ctx, l.rdb, []string{holdersKey(id), wakeKey(id)}).Int()
 }

@@ -98,6 +98,7 @@ func TestInFlightSlots(t *testing.T) {
 		ctx := context.Background()
 		var cur, peak, done atomic.Int64
 		var wg sync.WaitGroup
+		start := time.Now()
 		for range 10 {
 			wg.Go(func() {
 				for {
@@ -123,6 +124,11 @@ func TestInFlightSlots(t *testing.T) {
 		wg.Wait()
 		if peak.Load() != 3 || done.Load() != 10 {
 			t.Fatalf("peak %d in flight (max 3), %d done", peak.Load(), done.Load())
+		}
+		// 10 holders of 100ms, 3 at a time: 4 waves. A release wakes a
+		// waiter at once; waiters that only polled would take a second each.
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Fatalf("10 holders took %s at max 3: released slots did not wake the waiters", d)
 		}
 		// A holder that dies keeps its slot only until its lease ends.
 		for range 3 {
