@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/phalafleet/rollout/internal/cli"
@@ -15,8 +16,13 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := cli.RunWorker(ctx, cli.OSEnv(), os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
+	// Through cli.Run, as `rollout worker`, so --help is handled the same.
+	if err := cli.Run(ctx, cli.OSEnv(), append([]string{"worker"}, os.Args[1:]...)); err != nil {
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "worker: ") {
+			msg = "worker: " + msg
+		}
+		fmt.Fprintln(os.Stderr, msg)
 		os.Exit(1)
 	}
 }

@@ -120,6 +120,14 @@ func (c *Client) ListCVMs(ctx context.Context) ([]CVM, error) {
 	}
 }
 
+// CheckKey reads one CVM of the list, the cheapest call that proves the
+// key works: a worker makes it at start, so a wrong key stops the worker
+// instead of failing CVMs.
+func (c *Client) CheckKey(ctx context.Context) error {
+	var p Page
+	return c.read(ctx, "/cvms/paginated", url.Values{"page": {"1"}, "page_size": {"1"}}, &p)
+}
+
 // GetCVM is GET /cvms/{id}.
 func (c *Client) GetCVM(ctx context.Context, id string) (*CVM, error) {
 	var cvm CVM

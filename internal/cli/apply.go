@@ -1,13 +1,12 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
-	"strings"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/control"
@@ -25,7 +24,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
 	planHash := fs.String("plan-hash", "", "apply only if a fresh plan has this plan_hash (from `plan`): refuse if the fleet changed since")
-	if _, err := parse(fs, args); err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	if err := checkFormat(*out, "table", "json"); err != nil {
@@ -46,11 +45,9 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	if *out == "table" {
 		printPlan(e.Stdout, p, 50)
 	}
-	if !*yes && e.IsTerminal {
-		fmt.Fprintf(e.Stdout, "\nApply rollout %s to %d CVMs? [y/N] ", p.ID, p.Counts[plan.Patch])
-		line, _ := bufio.NewReader(e.Stdin).ReadString('\n')
-		if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
-			return fmt.Errorf("not applied")
+	if !*yes {
+		if err := confirm(e, fmt.Sprintf("Apply rollout %s to %d CVMs?", p.ID, p.Counts[plan.Patch])); err != nil {
+			return err
 		}
 	}
 	a, err := applyPlan(ctx, rdb, p, whoAmI())
@@ -61,12 +58,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		return writeJSON(e.Stdout, a)
 	}
 	if *out == "table" {
-		verb := "Recorded"
-		if !a.Created {
-			verb = "Continued existing"
-		}
-		fmt.Fprintf(e.Stdout, "\n%s rollout %s (%s): %d tasks queued now.\n", verb, a.ID, a.State, a.Queued)
-		fmt.Fprintf(e.Stdout, "Workers (`worker`) carry it out; `rollout status %s --watch` follows it.\n", a.ID)
+		printApplied(e.Stdout, a, p.Counts[plan.Patch])
 	}
 	if !*wait {
 		return nil
@@ -81,6 +73,25 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		}
 	}
 	return outcome(r)
+}
+
+// printApplied says what apply did, in the words an operator needs.
+func printApplied(w io.Writer, a control.Applied, toPatch int) {
+	switch {
+	case a.RunOf != "" && a.Created:
+		fmt.Fprintf(w, "\nRollout %s had completed; %d CVMs need patching again, so this is a new run: %s (%s), %d tasks queued now.\n",
+			a.RunOf, toPatch, a.ID, a.State, a.Queued)
+	case a.RunOf != "":
+		fmt.Fprintf(w, "\nRollout %s had completed; its latest run %s is %s.\n", a.RunOf, a.ID, a.State)
+	case !a.Created && a.State == store.RolloutCompleted:
+		fmt.Fprintf(w, "\nRollout %s already completed, and the plan finds nothing to patch.\n", a.ID)
+		return
+	case a.Created:
+		fmt.Fprintf(w, "\nRecorded rollout %s (%s): %d tasks queued now.\n", a.ID, a.State, a.Queued)
+	default:
+		fmt.Fprintf(w, "\nContinued existing rollout %s (%s): %d tasks queued now.\n", a.ID, a.State, a.Queued)
+	}
+	fmt.Fprintf(w, "Workers (`worker`) carry it out; `rollout status %s --watch` follows it.\n", a.ID)
 }
 
 func applyPlan(ctx context.Context, rdb redis.UniversalClient, p *plan.Plan, who string) (control.Applied, error) {

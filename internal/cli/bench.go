@@ -36,7 +36,7 @@ func runBench(ctx context.Context, e *Env, args []string) error {
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the process stage's worker run to this file")
 	workerBin := fs.String("worker-bin", "", "built cmd/worker for the RSS measure (default: go build one)")
 	out := fs.String("o", "table", "output: table or markdown")
-	if _, err := parse(fs, args); err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	if err := checkFormat(*out, "table", "markdown"); err != nil {

@@ -4,6 +4,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/term"
 )
 
 // Env is what a command runs with. Tests fill it; main uses OSEnv.
@@ -30,9 +32,10 @@ type Env struct {
 
 // OSEnv is the process's own environment.
 func OSEnv() *Env {
-	fi, _ := os.Stdin.Stat()
+	// term.IsTerminal asks the terminal driver: /dev/null is a character
+	// device too, and a job run with </dev/null must not be asked anything.
 	return &Env{Stdout: os.Stdout, Stderr: os.Stderr, Stdin: os.Stdin, Getenv: os.Getenv,
-		IsTerminal: fi != nil && fi.Mode()&os.ModeCharDevice != 0}
+		IsTerminal: term.IsTerminal(int(os.Stdin.Fd()))}
 }
 
 type command struct {
@@ -70,7 +73,12 @@ func Run(ctx context.Context, e *Env, args []string) error {
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
-			return c.run(ctx, e, args[1:])
+			err := c.run(ctx, e, args[1:])
+			if h, ok := err.(helpShown); ok {
+				fmt.Fprint(e.Stdout, h.text)
+				return nil
+			}
+			return err
 		}
 	}
 	usage(e.Stderr)
@@ -86,17 +94,31 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nEnvironment: PHALA_CLOUD_API_KEY (required for plan/apply/worker), PHALA_CLOUD_API_PREFIX, REDIS_URL.")
 }
 
-// ErrUsage marks a usage error (exit status 2).
-var ErrUsage = errors.New("usage")
+// confirm asks on a terminal (on stderr, so -o json stays clean) and
+// goes on only on "y"; without a terminal it goes on, as scripts expect.
+func confirm(e *Env, question string) error {
+	if !e.IsTerminal {
+		return nil
+	}
+	fmt.Fprintf(e.Stderr, "\n%s [y/N] ", question)
+	line, _ := bufio.NewReader(e.Stdin).ReadString('\n')
+	if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+		return fmt.Errorf("not applied (answer y, or pass --yes)")
+	}
+	return nil
+}
 
 // parse parses flags that may come before or after positional arguments
-// ("status ID --watch" and "status --watch ID" both work).
+// ("status ID --watch" and "status --watch ID" both work). -h and --help
+// come back as a helpShown carrying the command's help.
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, fmt.Errorf("%s: %v", fs.Name(), err)
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			return nil, helpShown{commandHelp(fs)}
+		} else if err != nil {
+			return nil, fmt.Errorf("%s: %v (rollout %s --help lists its flags)", fs.Name(), err, fs.Name())
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -107,13 +129,54 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// helpShown is not a failure: Run prints the help and exits 0.
+type helpShown struct{ text string }
+
+func (h helpShown) Error() string { return h.text }
+
+// commandHelp is a command's usage line and its flags.
+func commandHelp(fs *flag.FlagSet) string {
+	var b strings.Builder
+	for _, c := range commands() {
+		if c.name == fs.Name() {
+			use, what, _ := strings.Cut(c.usage, "  ")
+			fmt.Fprintf(&b, "Usage: rollout %s\n  %s\n", use, strings.TrimSpace(what))
+		}
+	}
+	b.WriteString("\nFlags:\n")
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	return b.String()
+}
+
+// idCountError says what a command wanted instead of pos.
+func idCountError(cmd string, want int, pos []string) error {
+	switch {
+	case want == 0:
+		return fmt.Errorf("%s: unexpected argument %q (rollout %s --help lists its flags)", cmd, pos[0], cmd)
+	case len(pos) == 0:
+		return fmt.Errorf("%s: which rollout? give its id (rollout list shows them)", cmd)
+	}
+	return fmt.Errorf("%s: expected one rollout id, got %d arguments: %s", cmd, len(pos), strings.Join(pos, " "))
+}
+
+// noArgs parses a command that takes flags only.
+func noArgs(fs *flag.FlagSet, args []string) error {
+	pos, err := parse(fs, args)
+	if err == nil && len(pos) > 0 {
+		err = idCountError(fs.Name(), 0, pos)
+	}
+	return err
+}
+
 func oneID(fs *flag.FlagSet, args []string) (string, error) {
 	pos, err := parse(fs, args)
 	if err != nil {
 		return "", err
 	}
 	if len(pos) != 1 {
-		return "", fmt.Errorf("%s: expected one rollout id, got %d arguments", fs.Name(), len(pos))
+		return "", idCountError(fs.Name(), 1, pos)
 	}
 	return pos[0], nil
 }
@@ -121,6 +184,14 @@ func oneID(fs *flag.FlagSet, args []string) (string, error) {
 // apiClient builds the Phala client from the environment.
 func apiClient(e *Env, version string) (*api.Client, error) {
 	return api.New(api.Config{APIKey: e.Getenv("PHALA_CLOUD_API_KEY"), Prefix: e.Getenv("PHALA_CLOUD_API_PREFIX"), APIVersion: version})
+}
+
+// keyHint points at the API key when the API refused it.
+func keyHint(err error) error {
+	if api.StatusOf(err) == 401 {
+		return fmt.Errorf("%w (the API refused PHALA_CLOUD_API_KEY)", err)
+	}
+	return err
 }
 
 // workerClient is the client workers use: every call is tried once,
@@ -193,7 +264,7 @@ func (c *redisCmd) open(ctx context.Context, e *Env, args []string, ids int) ([]
 		return nil, nil, nil, err
 	}
 	if ids >= 0 && len(pos) != ids {
-		return nil, nil, nil, fmt.Errorf("%s: expected %d rollout id(s), got %d arguments", c.fs.Name(), ids, len(pos))
+		return nil, nil, nil, idCountError(c.fs.Name(), ids, pos)
 	}
 	if c.out != nil {
 		if err := checkFormat(*c.out, c.formats...); err != nil {

@@ -216,6 +216,15 @@ func TestBadInputOneLine(t *testing.T) {
 		{"redis down", []string{"status", "x"}, map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"}, "is not answering"},
 		{"unknown rollout", []string{"status", "nope"}, nil, "rollout not found: nope"},
 		{"bad format", []string{"status", "x", "-o", "yaml"}, nil, "-o yaml: expected one of table, json"},
+		{"unparseable redis url", []string{"list"}, map[string]string{"REDIS_URL": "redis://u:Pw99secret@[::1"}, "missing ']' in host"},
+		{"no rollout id", []string{"status"}, nil, "which rollout? give its id"},
+		{"extra argument", []string{"plan", "-f", good, "extra"}, nil, `unexpected argument "extra"`},
+		{"unknown flag", []string{"report", "x", "--bogus"}, nil, "rollout report --help lists its flags"},
+		{"bad state", []string{"report", "x", "--state", "bogus"}, nil, "--state bogus: expected one of pending"},
+		{"negative last", []string{"events", "x", "--last", "-1"}, nil, "--last -1: must be 0"},
+		{"worker concurrency", []string{"worker", "--concurrency", "0"}, nil, "--concurrency 0: must be at least 1"},
+		{"worker wrong key", []string{"worker"}, map[string]string{"PHALA_CLOUD_API_KEY": "phak_wrong"}, "the API refused PHALA_CLOUD_API_KEY"},
+		{"plan wrong key hint", []string{"plan", "-f", good}, map[string]string{"PHALA_CLOUD_API_KEY": "phak_wrong"}, "the API refused PHALA_CLOUD_API_KEY"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -231,6 +240,9 @@ func TestBadInputOneLine(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), b.Key) || strings.Contains(out.String()+errb.String(), b.Key) {
 				t.Fatal("the API key leaked into the output")
+			}
+			if strings.Contains(err.Error(), "Pw99secret") {
+				t.Fatal("the Redis password leaked into the error")
 			}
 		})
 	}
@@ -399,5 +411,72 @@ func TestApplyWaitExitStatus(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(mustRun(t, b, "workers", "-o", "json")), &w); err != nil || len(w.Workers) != 1 || w.Workers[0].Concurrency != 50 {
 		t.Fatalf("workers -o json: %+v %v", w, err)
+	}
+}
+
+// TestHelp: every command answers -h and --help with its usage and flags,
+// on stdout, exit status 0.
+func TestHelp(t *testing.T) {
+	for _, c := range commands() {
+		for _, flag := range []string{"-h", "--help"} {
+			var out, errb bytes.Buffer
+			e := &Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+			if err := Run(context.Background(), e, []string{c.name, flag}); err != nil {
+				t.Fatalf("%s %s: %v", c.name, flag, err)
+			}
+			if !strings.HasPrefix(out.String(), "Usage: rollout "+c.name) || !strings.Contains(out.String(), "Flags:") {
+				t.Fatalf("%s %s printed:\n%s", c.name, flag, out.String())
+			}
+		}
+	}
+}
+
+// TestReapplyEndedRollout: applying the file of a cancelled rollout is
+// refused with one line; of a completed one whose CVMs drifted, it starts
+// a new run with only the drifted CVMs; with nothing to patch it says so.
+func TestReapplyEndedRollout(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 12, Seed: 8, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	file := testutil.WriteFile(t, fmt.Sprintf("name: again\nselector: {all: true}\ntarget: {kms_urls: [%q]}\n", newKMS))
+	b.Workers(t, 1, 4)
+	mustRun(t, b, "apply", "-f", file, "--yes", "--wait")
+	var p plan.Plan
+	if err := json.Unmarshal([]byte(mustRun(t, b, "plan", "-f", file, "-o", "json")), &p); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, b, "apply", "-f", file, "--yes"); !strings.Contains(out, "already completed, and the plan finds nothing to patch") {
+		t.Fatalf("re-apply with nothing to do:\n%s", out)
+	}
+	drifted := []string{p.Items[2].CVMID, p.Items[7].CVMID}
+	for _, id := range drifted {
+		b.Sim.SetConfig(id, []string{"https://kms-drift.example:8000"}, nil)
+	}
+	out := mustRun(t, b, "apply", "-f", file, "--yes", "--wait")
+	if !strings.Contains(out, "this is a new run: "+p.ID+"-run2") {
+		t.Fatalf("re-apply after drift:\n%s", out)
+	}
+	r := b.WaitState(t, p.ID+"-run2", 30*time.Second, store.RolloutCompleted)
+	if r.Counts[store.Succeeded] != len(drifted) || r.Counts[store.Unchanged] != len(p.Items)-len(drifted) {
+		t.Fatalf("run 2 counts %v, want %d succeeded", r.Counts, len(drifted))
+	}
+	for _, id := range drifted {
+		if kms, _, _ := b.Sim.Config(id); kms[0] != newKMS {
+			t.Errorf("%s not back at the target: %v", id, kms)
+		}
+	}
+	var evs []store.Event
+	if err := json.Unmarshal([]byte(mustRun(t, b, "events", p.ID, "-o", "json")), &evs); err != nil || !strings.Contains(evs[len(evs)-1].What, "run 2 started as "+p.ID+"-run2") {
+		t.Fatalf("events of the base: %+v %v", evs, err)
+	}
+
+	// A cancelled rollout does not start again.
+	cfile := testutil.WriteFile(t, fmt.Sprintf("name: stopped\nselector: {all: true}\ntarget: {kms_urls: [%q]}\nschedule: {start_at: 2099-01-01T00:00:00Z}\n", newKMS))
+	mustRun(t, b, "apply", "-f", cfile, "--yes")
+	var c plan.Plan
+	if err := json.Unmarshal([]byte(mustRun(t, b, "plan", "-f", cfile, "-o", "json")), &c); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, b, "cancel", c.ID)
+	if _, _, err := run(t, b, "apply", "-f", cfile, "--yes"); err == nil || !strings.Contains(err.Error(), "a cancelled rollout does not start again") {
+		t.Fatalf("apply of a cancelled rollout: %v", err)
 	}
 }

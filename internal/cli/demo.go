@@ -44,7 +44,7 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	workers := fs.Int("workers", 2, "in-process worker servers")
 	conc := fs.Int("concurrency", 100, "CVMs at once per worker")
 	file := fs.String("f", "", "rollout file (default: a built-in KMS migration of prod-* and staging-*)")
-	if _, err := parse(fs, args); err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	start := time.Now()

@@ -20,6 +20,9 @@ func runEvents(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer closeRedis()
+	if *last < 0 {
+		return fmt.Errorf("events: --last %d: must be 0 (all) or more", *last)
+	}
 	if _, err := st.Get(ctx, pos[0]); err != nil {
 		return err
 	}

@@ -19,7 +19,7 @@ func runPlan(ctx context.Context, e *Env, args []string) error {
 	out := fs.String("o", "table", "output: table or json")
 	version := fs.String("api-version", "", "X-Phala-Version to send (default 2026-01-21)")
 	all := fs.Bool("all", false, "table: list every CVM, not only the first 50 of each action")
-	if _, err := parse(fs, args); err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	if err := checkFormat(*out, "table", "json"); err != nil {
@@ -52,7 +52,8 @@ func buildPlan(ctx context.Context, e *Env, file, version string) (*plan.Plan, e
 	if err != nil {
 		return nil, err
 	}
-	return plan.Build(ctx, c, f, 0)
+	p, err := plan.Build(ctx, c, f, 0)
+	return p, keyHint(err)
 }
 
 // printPlan prints the plan, at most rows rows per action (0: all).

@@ -1,11 +1,9 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/control"
@@ -40,7 +38,7 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 	c := control.New(rdb)
 	p, err := c.PlanRollback(ctx, client, id)
 	if err != nil {
-		return err
+		return keyHint(err)
 	}
 	if *out == "table" {
 		printPlan(e.Stdout, p, 50)
@@ -51,11 +49,9 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 		}
 		return nil
 	}
-	if !*yes && e.IsTerminal {
-		fmt.Fprintf(e.Stdout, "\nRoll back %d CVMs of %s to their before-images? [y/N] ", p.Counts[plan.Patch], id)
-		line, _ := bufio.NewReader(e.Stdin).ReadString('\n')
-		if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
-			return fmt.Errorf("not applied")
+	if !*yes {
+		if err := confirm(e, fmt.Sprintf("Roll back %d CVMs of %s to their before-images?", p.Counts[plan.Patch], id)); err != nil {
+			return err
 		}
 	}
 	a, err := c.Apply(ctx, p, whoAmI(), time.Now())
@@ -68,6 +64,6 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 	if *out == "json" {
 		return writeJSON(e.Stdout, a)
 	}
-	fmt.Fprintf(e.Stdout, "\nRecorded rollback %s (%s): %d tasks queued. `rollout status %s --watch` follows it.\n", a.ID, a.State, a.Queued, a.ID)
+	printApplied(e.Stdout, a, p.Counts[plan.Patch])
 	return nil
 }

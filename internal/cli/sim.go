@@ -64,7 +64,7 @@ func runSim(ctx context.Context, e *Env, args []string) error {
 	addr := fs.String("addr", "127.0.0.1:8090", "listen address")
 	var sf simFlags
 	sf.register(fs, 1000)
-	if _, err := parse(fs, args); err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	key := e.Getenv("PHALA_CLOUD_API_KEY")

@@ -5,11 +5,13 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/store"
 )
 
@@ -230,16 +232,36 @@ func runReport(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer closeRedis()
-	if _, err := st.Get(ctx, pos[0]); err != nil {
+	if *state != "" && !slices.Contains(store.CVMStates, *state) {
+		return fmt.Errorf("report: --state %s: expected one of %s", *state, strings.Join(store.CVMStates, ", "))
+	}
+	r, err := st.Get(ctx, pos[0])
+	if err != nil {
 		return err
 	}
-	return writeReport(ctx, e.Stdout, st, pos[0], c.format(), *state)
+	kms, gw := urlColumns(r)
+	return writeReport(ctx, e.Stdout, st, pos[0], c.format(), *state, kms, gw)
+}
+
+// urlColumns is which URL lists the report table shows: those the
+// rollout's target sets (both for a rollback, whose CVMs each have their
+// own). CSV and JSON always have both.
+func urlColumns(r *store.Rollout) (kms, gw bool) {
+	spec, err := control.Spec(r)
+	if err != nil {
+		return true, true
+	}
+	kms, gw = spec.Target.KMS() != nil, spec.Target.Gateway() != nil
+	if !kms && !gw {
+		return true, true
+	}
+	return kms, gw
 }
 
 var reportHeader = []string{"cvm_id", "name", "stage", "state", "reason", "attempts", "previous_kms_urls", "previous_gateway_urls",
 	"applied_kms_urls", "applied_gateway_urls", "http_status", "started_at", "finished_at", "worker"}
 
-func writeReport(ctx context.Context, w io.Writer, st *store.Store, id, format, only string) error {
+func writeReport(ctx context.Context, w io.Writer, st *store.Store, id, format, only string, kms, gw bool) error {
 	keep := func(r store.CVMRecord) bool { return only == "" || r.State == only }
 	switch format {
 	case "json":
@@ -269,12 +291,26 @@ func writeReport(ctx context.Context, w io.Writer, st *store.Store, id, format, 
 		return cw.Error()
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CVM\tNAME\tSTATE\tATTEMPTS\tPREVIOUS KMS\tAPPLIED KMS\tREASON")
+	head := "CVM\tNAME\tSTATE\tATTEMPTS"
+	if kms {
+		head += "\tPREVIOUS KMS\tAPPLIED KMS"
+	}
+	if gw {
+		head += "\tPREVIOUS GATEWAY\tAPPLIED GATEWAY"
+	}
+	fmt.Fprintln(tw, head+"\tREASON")
 	err := st.Records(ctx, id, func(r store.CVMRecord) error {
-		if keep(r) {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.CVMID, r.Name, r.State, r.Attempts,
-				strings.Join(r.PrevKMS, ","), strings.Join(r.AppliedKMS, ","), r.Reason)
+		if !keep(r) {
+			return nil
 		}
+		row := fmt.Sprintf("%s\t%s\t%s\t%d", r.CVMID, r.Name, r.State, r.Attempts)
+		if kms {
+			row += "\t" + strings.Join(r.PrevKMS, ",") + "\t" + strings.Join(r.AppliedKMS, ",")
+		}
+		if gw {
+			row += "\t" + strings.Join(r.PrevGW, ",") + "\t" + strings.Join(r.AppliedGW, ",")
+		}
+		fmt.Fprintln(tw, row+"\t"+r.Reason)
 		return nil
 	})
 	tw.Flush()

@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"flag"
+	"fmt"
 	"time"
 
+	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/worker"
@@ -22,12 +24,24 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090)")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
-	if _, err := parse(fs, args); err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
+	}
+	if *conc < 1 {
+		return fmt.Errorf("worker: --concurrency %d: must be at least 1", *conc)
 	}
 	c, err := workerClient(e, *version)
 	if err != nil {
 		return err
+	}
+	// A key the API refuses would fail every CVM the worker touches: stop
+	// here instead. Any other trouble (the API down) is the queue's to ride
+	// out, so the worker starts anyway.
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	kerr := c.CheckKey(cctx)
+	cancel()
+	if st := api.StatusOf(kerr); st == 401 || st == 403 {
+		return fmt.Errorf("worker: %w", keyHint(kerr))
 	}
 	rdb, err := redisconn.OpenPool(ctx, redisURL(e, *redisFlag), *conc+64)
 	if err != nil {
@@ -35,6 +49,9 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	}
 	defer rdb.Close()
 	log := logger(e, *debug)
+	if kerr != nil {
+		log.Warn("could not check the API key; starting anyway", "err", kerr)
+	}
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
 		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, MetricsAddr: *metricsAddr})

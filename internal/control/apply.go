@@ -34,6 +34,9 @@ type Applied struct {
 	Created bool   `json:"created"` // false: the rollout existed and was continued
 	Queued  int    `json:"queued"`  // tasks newly queued by this call
 	State   string `json:"state"`
+	// RunOf is set when the file's rollout had completed and this apply
+	// started a new run of it (ID is the run's id).
+	RunOf string `json:"run_of,omitempty"`
 }
 
 // Apply records the plan as a rollout and queues its first stage. Applying
@@ -77,6 +80,11 @@ func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.
 	created, err := c.Store.Create(ctx, nr, now)
 	if err != nil {
 		return Applied{}, fmt.Errorf("recording rollout %s: %w", p.ID, err)
+	}
+	if !created {
+		if a, done, err := c.reapply(ctx, p, who, now); done || err != nil {
+			return a, err
+		}
 	}
 	out := Applied{ID: p.ID, Created: created}
 	// Only the rollout the file names repeats; its runs (RunID) do not.
@@ -172,3 +180,52 @@ func (c *Control) pendingOnly(ctx context.Context, id string, ids []string) (map
 }
 
 func stageField(i int, name string) string { return "s:" + strconv.Itoa(i) + ":" + name }
+
+// reapply handles an apply of a file whose rollout exists and has ended.
+// A re-run of apply must continue an unfinished rollout (crash safety), but
+// must not silently do nothing on an ended one:
+//   - cancelled: refused; cancel is final, a new rollout needs a new name;
+//   - completed, and the fresh plan finds CVMs to patch (they drifted or
+//     joined the selection since): a new run "<id>-run<N>", as
+//     schedule.repeat starts them, or the latest run if it is still going;
+//   - completed with nothing to patch: reported as is.
+//
+// done says whether it decided; otherwise Apply continues p.ID as usual.
+func (c *Control) reapply(ctx context.Context, p *plan.Plan, who string, now time.Time) (Applied, bool, error) {
+	r, err := c.Store.Get(ctx, p.ID)
+	if err != nil {
+		return Applied{}, true, err
+	}
+	switch {
+	case r.State == store.RolloutCancelled:
+		why := ""
+		if r.Reason != "" {
+			why = " (" + r.Reason + ")"
+		}
+		return Applied{ID: p.ID, State: r.State}, true, fmt.Errorf("rollout %s was cancelled%s; a cancelled rollout does not start again: give the file a new name to roll out anew", p.ID, why)
+	case r.State != store.RolloutCompleted || p.Counts[plan.Patch] == 0:
+		return Applied{}, false, nil
+	}
+	n := max(atoi(r.Fields["runs"]), 1)
+	if n > 1 {
+		latest, err := c.Store.Get(ctx, RunID(p.ID, n))
+		if err != nil {
+			return Applied{}, true, err
+		}
+		if !finished(latest.State) {
+			return Applied{ID: latest.ID, State: latest.State, RunOf: p.ID}, true, nil
+		}
+	}
+	base := p.ID
+	p.ID = RunID(base, n+1)
+	a, err := c.Apply(ctx, p, who, now)
+	if err != nil {
+		return a, true, err
+	}
+	a.RunOf = base
+	if err := c.Store.SetFields(ctx, base, "runs", n+1, "latest_run", p.ID); err != nil {
+		return a, true, err
+	}
+	_ = c.Store.Event(ctx, base, now, who, fmt.Sprintf("applied again after completion: run %d started as %s (%d to patch)", n+1, p.ID, p.Counts[plan.Patch]))
+	return a, true, nil
+}

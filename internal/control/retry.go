@@ -63,6 +63,15 @@ func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*
 	if r.State == store.RolloutCompleted || r.State == store.RolloutCancelled {
 		return nil, fmt.Errorf("promote: rollout %s is %s", id, r.State)
 	}
+	// Only a stage that is done may be let on: promoting one still at work
+	// would pass its gate before anyone saw how it went.
+	if len(r.Stages) == 0 || r.Stage+1 >= len(r.Stages) {
+		return nil, fmt.Errorf("promote: rollout %s is on its last stage; there is no next stage to start", id)
+	}
+	st := r.Stages[r.Stage]
+	if left := st.Counts[store.Pending] + st.Counts[store.Running]; left > 0 {
+		return nil, fmt.Errorf("promote: stage %d (%s) of %s still has %d CVMs to do; promote it once it is done (status says when it waits)", r.Stage+1, st.Name, id, left)
+	}
 	if err := c.Store.SetFields(ctx, id, "promoted", r.Stage); err != nil {
 		return nil, err
 	}

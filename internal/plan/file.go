@@ -705,7 +705,7 @@ func (t *Target) validate(root *yaml.Node) error {
 		seen := map[string]int{}
 		for i, it := range *l.p {
 			if err := checkURL(it.V); err != nil {
-				return &lineError{it.Line, fmt.Sprintf("target.%s[%d]: %q %s", l.key, i, it.V, err)}
+				return &lineError{it.Line, fmt.Sprintf("target.%s[%d]: %q %s", l.key, i, redactURL(it.V), err)}
 			}
 			if first, ok := seen[it.V]; ok {
 				return &lineError{it.Line, fmt.Sprintf("target.%s lists %q twice (first on line %d)", l.key, it.V, first)}
@@ -714,6 +714,14 @@ func (t *Target) validate(root *yaml.Node) error {
 		}
 	}
 	return nil
+}
+
+// redactURL hides a password in a URL an error message quotes.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
 }
 
 func checkURL(s string) error {

@@ -111,7 +111,7 @@ func TestParseErrors(t *testing.T) {
 		{"URL with a space", "name: a\n" + sel + "target:\n  kms_urls: [\"https://kms example:8000\"]\n",
 			`bad.yaml:5: target.kms_urls[0]: "https://kms example:8000" contains a space`},
 		{"URL with credentials", "name: a\n" + sel + "target:\n  kms_urls: [\"https://user:pw@kms.example\"]\n",
-			`bad.yaml:5: target.kms_urls[0]: "https://user:pw@kms.example" must not carry credentials`},
+			`bad.yaml:5: target.kms_urls[0]: "https://user:xxxxx@kms.example" must not carry credentials`},
 		{"URL twice", "name: a\n" + sel + "target:\n  kms_urls:\n    - https://kms.example\n    - https://kms.example\n",
 			`bad.yaml:7: target.kms_urls lists "https://kms.example" twice (first on line 6)`},
 

@@ -4,6 +4,7 @@ package redisconn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"sync"
@@ -39,7 +40,12 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 	}
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL %s: %v", Redact(rawURL), err)
+		// url.Error quotes the whole URL, password and all: keep only why.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("REDIS_URL %s: %v (want redis://[user:password@]host:port/db)", Redact(rawURL), err)
 	}
 	opt.PoolSize = max(opt.PoolSize, 256, pool)
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}

@@ -162,7 +162,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Rollout, error) {
 		return nil, err
 	}
 	if len(m) == 0 || m["ready"] != "1" {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		return nil, fmt.Errorf("%w: %s (rollout list shows the rollouts)", ErrNotFound, id)
 	}
 	return parseRollout(m), nil
 }
@@ -278,7 +278,7 @@ func (s *Store) SetState(ctx context.Context, id, to, reason string, now time.Ti
 	}
 	cur, _ := res[0].(string)
 	if cur == "" {
-		return "", false, fmt.Errorf("%w: %s", ErrNotFound, id)
+		return "", false, fmt.Errorf("%w: %s (rollout list shows the rollouts)", ErrNotFound, id)
 	}
 	return cur, res[1].(int64) == 1, nil
 }
