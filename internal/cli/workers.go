@@ -76,6 +76,9 @@ func runWorkers(ctx context.Context, e *Env, args []string) error {
 	}
 	tw.Flush()
 	fmt.Fprintln(e.Stdout, "* from the workers' heartbeats, up to 5s old")
+	if len(rows) == 0 {
+		fmt.Fprintln(e.Stdout, "\nNo worker is running: no rollout moves until one starts (`worker`).")
+	}
 	if q != nil {
 		fmt.Fprintf(e.Stdout, "\nQueue %s: %d pending, %d active, %d scheduled (waiting or snoozed), %d retry, %d archived; oldest pending waited %s.\n",
 			tasks.Queue, q.Pending, q.Active, q.Scheduled, q.Retry, q.Archived, q.Latency.Round(time.Millisecond))
