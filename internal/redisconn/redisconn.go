@@ -26,7 +26,8 @@ type quiet struct{}
 func (quiet) Printf(context.Context, string, ...any) {}
 
 // Open connects to redis://[user:pass@]host:port/db or rediss:// and checks
-// the connection, so a wrong URL fails here with one line.
+// the connection, so a wrong URL fails here with one line. A URL with a
+// master_name parameter names Redis Sentinels instead (see newClient).
 func Open(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
 	return OpenPool(ctx, rawURL, 0)
 }
@@ -38,7 +39,7 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 	if rawURL == "" {
 		return nil, fmt.Errorf("no Redis: set REDIS_URL or --redis (redis://host:6379/0)")
 	}
-	opt, err := redis.ParseURL(rawURL)
+	rdb, err := newClient(rawURL, pool)
 	if err != nil {
 		// url.Error quotes the whole URL, password and all: keep only why.
 		var ue *url.Error
@@ -47,12 +48,6 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 		}
 		return nil, fmt.Errorf("REDIS_URL %s: %v (want redis://[user:password@]host:port/db)", Redact(rawURL), err)
 	}
-	opt.PoolSize = max(opt.PoolSize, 256, pool)
-	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	// RESP2: this tool uses no push notifications, and under RESP3 go-redis
-	// checks for them on every reply (7% of a worker's CPU in the profile).
-	opt.Protocol = 2
-	rdb := redis.NewClient(opt)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
@@ -62,11 +57,51 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 	return rdb, nil
 }
 
-// Redact hides the password of a Redis URL for messages.
+// newClient builds the client a URL names:
+//
+//   - redis://[user:password@]host:port/db (or rediss://): one Redis;
+//   - redis://[sentinel-user:sentinel-password@]host:port/db?master_name=NAME
+//     [&addr=host2:port2...][&password=MASTER-PASSWORD]: Redis Sentinels,
+//     which the client asks for the current master of NAME, before every
+//     connection and again after a failover (go-redis's FailoverClient).
+//
+// Every client has at least pool connections (256 by default) and speaks
+// RESP2: this tool uses no push notifications, and under RESP3 go-redis
+// checks for them on every reply (7% of a worker's CPU in the profile).
+func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if u.Query().Has("master_name") {
+		fo, err := redis.ParseFailoverURL(rawURL)
+		if err != nil {
+			return nil, err
+		}
+		fo.PoolSize = max(fo.PoolSize, 256, pool)
+		fo.Protocol = 2
+		return redis.NewFailoverClient(fo), nil
+	}
+	opt, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	opt.PoolSize = max(opt.PoolSize, 256, pool)
+	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	opt.Protocol = 2
+	return redis.NewClient(opt), nil
+}
+
+// Redact hides the passwords of a Redis URL for messages: the user's, and
+// a master's given as a password= parameter (Sentinel URLs).
 func Redact(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparseable URL)"
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
 }
