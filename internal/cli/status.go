@@ -248,7 +248,7 @@ func runReport(ctx context.Context, e *Env, args []string) error {
 // own). CSV and JSON always have both.
 func urlColumns(r *store.Rollout) (kms, gw bool) {
 	spec, err := control.Spec(r)
-	if err != nil {
+	if err != nil || r.Fields["own_targets"] == "1" {
 		return true, true
 	}
 	kms, gw = spec.Target.KMS() != nil, spec.Target.Gateway() != nil

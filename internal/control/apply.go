@@ -6,6 +6,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -40,8 +41,24 @@ type Applied struct {
 }
 
 // Apply records the plan as a rollout and queues its first stage. Applying
-// the same file again continues the same rollout: nothing is queued twice.
+// the same file again continues the same rollout while it is not finished
+// (nothing is queued twice); once it has ended, see reapply.
 func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.Time) (Applied, error) {
+	return c.apply(ctx, p, who, now, true)
+}
+
+// apply is Apply; fromFile says p.ID is the id a file names (not a run of
+// it), the only kind whose end reapply judges.
+func (c *Control) apply(ctx context.Context, p *plan.Plan, who string, now time.Time, fromFile bool) (Applied, error) {
+	if _, _, ended := p.File.Schedule.Gate(now); ended {
+		// Nothing may start after end_at; an existing rollout is the
+		// controller's to end, and reapply refuses new runs.
+		if _, err := c.Store.Get(ctx, p.ID); errors.Is(err, store.ErrNotFound) {
+			return Applied{ID: p.ID}, fmt.Errorf("rollout %s: schedule.end_at %s has passed; nothing would start", p.ID, p.File.Schedule.EndAt.Format(time.RFC3339))
+		} else if err != nil {
+			return Applied{}, err
+		}
+	}
 	spec, err := json.Marshal(p.File)
 	if err != nil {
 		return Applied{}, err
@@ -66,6 +83,7 @@ func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.
 		if it.Target != nil {
 			b, _ := json.Marshal(it.Target)
 			c.Target = string(b)
+			nr.Fields["own_targets"] = "1" // a rollback: each CVM has its own
 		}
 		switch it.Action {
 		case plan.Patch:
@@ -81,7 +99,7 @@ func (c *Control) Apply(ctx context.Context, p *plan.Plan, who string, now time.
 	if err != nil {
 		return Applied{}, fmt.Errorf("recording rollout %s: %w", p.ID, err)
 	}
-	if !created {
+	if !created && fromFile {
 		if a, done, err := c.reapply(ctx, p, who, now); done || err != nil {
 			return a, err
 		}
@@ -186,8 +204,8 @@ func stageField(i int, name string) string { return "s:" + strconv.Itoa(i) + ":"
 // must not silently do nothing on an ended one:
 //   - cancelled: refused; cancel is final, a new rollout needs a new name;
 //   - completed, and the fresh plan finds CVMs to patch (they drifted or
-//     joined the selection since): a new run "<id>-run<N>", as
-//     schedule.repeat starts them, or the latest run if it is still going;
+//     joined the selection since): the next run, as schedule.repeat starts
+//     them (nextRun), unless end_at has passed;
 //   - completed with nothing to patch: reported as is.
 //
 // done says whether it decided; otherwise Apply continues p.ID as usual.
@@ -202,30 +220,71 @@ func (c *Control) reapply(ctx context.Context, p *plan.Plan, who string, now tim
 		if r.Reason != "" {
 			why = " (" + r.Reason + ")"
 		}
-		return Applied{ID: p.ID, State: r.State}, true, fmt.Errorf("rollout %s was cancelled%s; a cancelled rollout does not start again: give the file a new name to roll out anew", p.ID, why)
+		return Applied{ID: p.ID, State: r.State}, true, fmt.Errorf("rollout %s was cancelled%s; a cancelled rollout does not start again", p.ID, why)
 	case r.State != store.RolloutCompleted || p.Counts[plan.Patch] == 0:
 		return Applied{}, false, nil
 	}
-	n := max(atoi(r.Fields["runs"]), 1)
-	if n > 1 {
-		latest, err := c.Store.Get(ctx, RunID(p.ID, n))
+	if _, _, ended := p.File.Schedule.Gate(now); ended {
+		return Applied{ID: p.ID, State: r.State}, true, fmt.Errorf("rollout %s: schedule.end_at %s has passed; no new run starts", p.ID, p.File.Schedule.EndAt.Format(time.RFC3339))
+	}
+	a, err := c.nextRun(ctx, p.ID, p, who, now)
+	return a, true, err
+}
+
+// reserveRunScript claims run number ARGV[1]+1 of a base rollout if its
+// latest run is still ARGV[1], so that of two processes starting the next
+// run (operators re-applying, the repeat controller) exactly one creates it.
+// KEYS[1] base hash. ARGV[1] runs seen, ARGV[2] the new run's id.
+var reserveRunScript = redis.NewScript(`
+local n = tonumber(redis.call('HGET', KEYS[1], 'runs') or '1')
+if n ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'runs', n + 1, 'latest_run', ARGV[2])
+return 1
+`)
+
+// nextRun rolls p out as the next run of base ("<base>-run<N>", N >= 2),
+// for re-apply and schedule.repeat alike. The run number is reserved on
+// the base before the run is recorded, so a crash in between leaves a
+// reserved run that the next call records (under the same id) instead of
+// skipping it, and two callers never record two runs. If the latest run
+// is still going, it is reported and nothing starts.
+func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who string, now time.Time) (Applied, error) {
+	for range 3 { // a lost reservation race re-reads once or twice
+		b, err := c.Store.Get(ctx, base)
 		if err != nil {
-			return Applied{}, true, err
+			return Applied{}, err
 		}
-		if !finished(latest.State) {
-			return Applied{ID: latest.ID, State: latest.State, RunOf: p.ID}, true, nil
+		n := max(atoi(b.Fields["runs"]), 1)
+		if n > 1 {
+			latest, err := c.Store.Get(ctx, RunID(base, n))
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				return c.recordRun(ctx, base, n, p, who, now) // reserved, never recorded
+			case err != nil:
+				return Applied{}, err
+			case !finished(latest.State):
+				return Applied{ID: latest.ID, State: latest.State, RunOf: base}, nil
+			}
+		}
+		ok, err := reserveRunScript.Run(ctx, c.Store.Redis(), []string{store.RolloutKey(base)}, n, RunID(base, n+1)).Int()
+		if err != nil {
+			return Applied{}, err
+		}
+		if ok == 1 {
+			return c.recordRun(ctx, base, n+1, p, who, now)
 		}
 	}
-	base := p.ID
-	p.ID = RunID(base, n+1)
-	a, err := c.Apply(ctx, p, who, now)
-	if err != nil {
-		return a, true, err
-	}
+	return Applied{}, fmt.Errorf("rollout %s: another process keeps starting runs; try again", base)
+}
+
+// recordRun records and queues run n of base from p (left unchanged).
+func (c *Control) recordRun(ctx context.Context, base string, n int, p *plan.Plan, who string, now time.Time) (Applied, error) {
+	run := *p
+	run.ID = RunID(base, n)
+	a, err := c.apply(ctx, &run, who, now, false)
 	a.RunOf = base
-	if err := c.Store.SetFields(ctx, base, "runs", n+1, "latest_run", p.ID); err != nil {
-		return a, true, err
+	if err == nil && a.Created {
+		_ = c.Store.Event(ctx, base, now, who, fmt.Sprintf("run %d started as %s (%d to patch)", n, run.ID, run.Counts[plan.Patch]))
 	}
-	_ = c.Store.Event(ctx, base, now, who, fmt.Sprintf("applied again after completion: run %d started as %s (%d to patch)", n+1, p.ID, p.Counts[plan.Patch]))
-	return a, true, nil
+	return a, err
 }

@@ -437,3 +437,60 @@ func TestReapplyAfterRetryQueuesNothingTwice(t *testing.T) {
 		}
 	}
 }
+
+// TestRunsAfterCompletion: re-applying a completed rollout's file with
+// drift starts the next run; a run whose number was reserved but which was
+// never recorded (a crash in between) is recorded under that number, not
+// nested; nothing starts once end_at has passed.
+func TestRunsAfterCompletion(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 10, Seed: 4, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	ctx := context.Background()
+	file := head + "schedule: {end_at: " + time.Now().Add(time.Hour).UTC().Format(time.RFC3339) + "}\n"
+	p := b.Apply(t, file)
+	b.Workers(t, 1, 4)
+	b.WaitState(t, p.ID, 30*time.Second, store.RolloutCompleted)
+	replan := func(at time.Time) (control.Applied, error) {
+		f, err := plan.Parse("test.yaml", []byte(file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := plan.Build(ctx, b.API, f, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.Control().Apply(ctx, q, "test", at)
+	}
+	b.Sim.SetConfig(p.Items[1].CVMID, []string{"https://kms-drift.example:8000"}, nil)
+	// The crash window: run 2 reserved on the base, never recorded.
+	if err := b.Store.SetFields(ctx, p.ID, "runs", 2, "latest_run", control.RunID(p.ID, 2)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := replan(time.Now())
+	if err != nil || a.ID != control.RunID(p.ID, 2) || !a.Created || a.RunOf != p.ID {
+		t.Fatalf("apply after the crash window: %+v %v, want run 2 recorded", a, err)
+	}
+	b.WaitState(t, a.ID, 30*time.Second, store.RolloutCompleted)
+	b.Sim.SetConfig(p.Items[2].CVMID, []string{"https://kms-drift.example:8000"}, nil)
+	if a, err = replan(time.Now()); err != nil || a.ID != control.RunID(p.ID, 3) || !a.Created {
+		t.Fatalf("next apply: %+v %v, want run 3", a, err)
+	}
+	if r := get(t, b, p.ID); r.Fields["runs"] != "3" || r.Fields["latest_run"] != a.ID {
+		t.Fatalf("base fields %v", r.Fields)
+	}
+	b.WaitState(t, a.ID, 30*time.Second, store.RolloutCompleted)
+	b.Sim.SetConfig(p.Items[3].CVMID, []string{"https://kms-drift.example:8000"}, nil)
+	if a, err = replan(time.Now().Add(2 * time.Hour)); err == nil || !contains(err.Error(), "end_at") {
+		t.Fatalf("apply after end_at: %+v %v", a, err)
+	}
+	// While a run is going (here: reserved, being recorded), the base's
+	// retry and rollback refuse: they would work its CVMs twice at once.
+	if err := b.Store.SetFields(ctx, p.ID, "runs", 9); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Control().RetryFailed(ctx, p.ID, "test", time.Now()); err == nil || !contains(err.Error(), "has a run going") {
+		t.Fatalf("retry of the base during a run: %v", err)
+	}
+	if _, err := b.Control().PlanRollback(ctx, b.API, p.ID); err == nil || !contains(err.Error(), "has a run going") {
+		t.Fatalf("rollback of the base during a run: %v", err)
+	}
+}

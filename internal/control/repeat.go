@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -14,12 +15,15 @@ import (
 // is re-planned on that period once its latest run has finished, and the
 // CVMs that joined the selection or drifted from the target since are
 // rolled out to as a new run: a rollout of its own, with the id
-// "<id>-run<N>" and its own counts. Runs never overlap, whatever the
-// number of controllers: only the lock holder plans, only after the
-// latest run finished, and run ids are deterministic, so a second attempt
-// at the same run continues it instead of starting another. A re-plan that
-// finds nothing to patch records only the time of the check on the base
-// rollout. `rollout cancel` of the base stops the repeats.
+// "<id>-run<N>" and its own counts. An operator who applies the file of a
+// completed rollout starts runs the same way (Control.reapply). Runs never
+// overlap, whatever the number of controllers and operators: a run starts
+// only after the latest one finished, its number is reserved on the base
+// atomically before it is recorded (nextRun), and run ids are
+// deterministic, so a second attempt at the same run continues it instead
+// of starting another. A re-plan that finds nothing to patch records only
+// the time of the check on the base rollout. `rollout cancel` of the base
+// stops the repeats.
 
 // repeatStep starts the next run of base if it is due.
 func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time) error {
@@ -39,41 +43,42 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 		_, err := c.Store.StopRepeating(ctx, base)
 		return err
 	}
-	n := atoi(b.Fields["runs"])
+	n := max(atoi(b.Fields["runs"]), 1)
 	latest := base
 	if n > 1 {
 		latest = RunID(base, n)
 	}
 	r, err := c.Store.Get(ctx, latest)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// Run n was reserved but not recorded (a crash in between):
+		// nextRun records it now, from a fresh plan.
+	case err != nil:
 		return err
-	}
-	last := r.UpdatedAt
-	if t, err := time.Parse(time.RFC3339Nano, b.Fields["last_check_at"]); err == nil && t.After(last) {
-		last = t
-	}
-	if !finished(r.State) || now.Before(last.Add(spec.Schedule.Repeat)) {
-		return nil
+	default:
+		last := r.UpdatedAt
+		if t, err := time.Parse(time.RFC3339Nano, b.Fields["last_check_at"]); err == nil && t.After(last) {
+			last = t
+		}
+		if !finished(r.State) || now.Before(last.Add(spec.Schedule.Repeat)) {
+			return nil
+		}
 	}
 	if c.Planner == nil {
 		return fmt.Errorf("repeat: this controller has no API client to re-plan with")
 	}
-	next := max(n, 1) + 1
 	p, err := plan.Build(ctx, c.Planner, spec, 0)
 	if err != nil {
-		return fmt.Errorf("re-planning run %d: %w", next, err)
+		return fmt.Errorf("re-planning after run %d: %w", n, err)
 	}
-	if p.Counts[plan.Patch] == 0 {
+	if p.Counts[plan.Patch] == 0 && r != nil {
 		// Nothing drifted: note the check instead of keeping an empty run.
 		return c.Store.SetFields(ctx, base, "last_check_at", now.UTC().Format(time.RFC3339Nano),
 			"last_check", fmt.Sprintf("no drift in %d selected CVMs", len(p.Items)))
 	}
-	p.ID = RunID(base, next)
-	if _, err := c.Apply(ctx, p, "repeat of "+base, now); err != nil {
-		return err
-	}
-	_ = c.Store.Event(ctx, base, now, "controller", fmt.Sprintf("run %d started as %s (%d to patch)", next, p.ID, p.Counts[plan.Patch]))
-	return c.Store.SetFields(ctx, base, "runs", next, "latest_run", p.ID)
+	p.ID = base
+	_, err = c.nextRun(ctx, base, p, "repeat of "+base, now)
+	return err
 }
 
 // RunID names run n (n >= 2) of a repeating rollout; run 1 is the rollout itself.

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -19,6 +20,9 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	}
 	if r.State == store.RolloutCancelled {
 		return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
+	}
+	if run, err := c.liveRun(ctx, r); err != nil || run != "" {
+		return 0, errors.Join(err, runGoing("retry", id, run))
 	}
 	spec, err := Spec(r)
 	if err != nil {
@@ -77,4 +81,32 @@ func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*
 	}
 	_ = c.Store.Event(ctx, id, now, who, fmt.Sprintf("stage %d promoted", r.Stage+1))
 	return r, nil
+}
+
+// liveRun is the id of r's latest run (see nextRun) while that run has not
+// finished, else "". A base and its runs are separate rollouts with their
+// own limits: retrying or rolling back the base while a run is going
+// would work the same CVMs twice at once.
+func (c *Control) liveRun(ctx context.Context, r *store.Rollout) (string, error) {
+	n := atoi(r.Fields["runs"])
+	if n < 2 {
+		return "", nil
+	}
+	run, err := c.Store.Get(ctx, RunID(r.ID, n))
+	if errors.Is(err, store.ErrNotFound) {
+		return RunID(r.ID, n), nil // reserved, being recorded
+	} else if err != nil {
+		return "", err
+	}
+	if finished(run.State) {
+		return "", nil
+	}
+	return run.ID, nil
+}
+
+func runGoing(cmd, id, run string) error {
+	if run == "" {
+		return nil
+	}
+	return fmt.Errorf("%s: rollout %s has a run going (%s); wait for it to end, or %s the run itself", cmd, id, run, cmd)
 }

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -32,6 +33,9 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 	}
 	if orig.State == store.RolloutRunning || orig.State == store.RolloutScheduled {
 		return nil, fmt.Errorf("rollback: rollout %s is %s; pause or cancel it first", id, orig.State)
+	}
+	if run, err := c.liveRun(ctx, orig); err != nil || run != "" {
+		return nil, errors.Join(err, runGoing("rollback", id, run))
 	}
 	spec, err := Spec(orig)
 	if err != nil {

@@ -708,7 +708,7 @@ func (t *Target) validate(root *yaml.Node) error {
 				return &lineError{it.Line, fmt.Sprintf("target.%s[%d]: %q %s", l.key, i, redactURL(it.V), err)}
 			}
 			if first, ok := seen[it.V]; ok {
-				return &lineError{it.Line, fmt.Sprintf("target.%s lists %q twice (first on line %d)", l.key, it.V, first)}
+				return &lineError{it.Line, fmt.Sprintf("target.%s lists %q twice (first on line %d)", l.key, redactURL(it.V), first)}
 			}
 			seen[it.V] = it.Line
 		}

@@ -178,16 +178,21 @@ func (l *Limiter) Feedback(ctx context.Context, id string, lim Limits, throttled
 // acquireScript takes a slot. KEYS: holders, wake. ARGV: holder, lease
 // (ms), cap. Returns 1 if taken.
 var acquireScript = redis.NewScript(`
+redis.replicate_commands() -- TIME before writes: needed on Redis 4 to 6, a no-op on 7
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) > 0 then
-  -- this caller takes one of the freed slots; others may wait for the rest
-  redis.call('LPUSH', KEYS[2], '1')
+local freed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if freed > 0 then
+  -- wake one waiter per freed slot (this caller may take one of them)
+  for i = 1, freed do redis.call('LPUSH', KEYS[2], '1') end
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
   redis.call('PEXPIRE', KEYS[2], 60000)
 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+-- the set lives as long as its longest lease, no longer: a rollout that
+-- ends leaves nothing behind
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 1
 `)
 
@@ -205,6 +210,7 @@ return 1
 // reapScript drops expired leases and wakes as many waiters. KEYS:
 // holders, wake. Returns how many leases it dropped.
 var reapScript = redis.NewScript(`
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -237,6 +243,9 @@ func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease t
 	for {
 		ok, err := acquireScript.Run(ctx, l.rdb, keys, holder, lease.Milliseconds(), lim.MaxInFlight).Int()
 		if err != nil {
+			// The script may have run and its answer been lost: give the
+			// slot back rather than hold it for a whole lease.
+			releaseScript.Run(context.WithoutCancel(ctx), l.rdb, keys, holder, lim.MaxInFlight)
 			return nil, err
 		}
 		if ok == 1 {
@@ -257,8 +266,9 @@ func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease t
 }
 
 // Reap drops leases that ran out (their holders died) and wakes as many
-// waiters. Slot does it too; the controller calls it so that waiters need
-// not poll.
+// waiters. Slot does it too; the controller calls it every tick so that a
+// dead holder's slot wakes a waiter within a tick rather than at the
+// waiter's next one-second poll.
 func (l *Limiter) Reap(ctx context.Context, id string) (int, error) {
 	return reapScript.Run(ctx, l.rdb, []string{holdersKey(id), wakeKey(id)}).Int()
 }

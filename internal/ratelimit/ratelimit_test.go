@@ -130,8 +130,12 @@ func TestInFlightSlots(t *testing.T) {
 		if d := time.Since(start); d > 500*time.Millisecond {
 			t.Fatalf("10 holders took %s at max 3: released slots did not wake the waiters", d)
 		}
-		// A holder that dies keeps its slot only until its lease ends.
-		for range 3 {
+		// A holder that dies keeps its slot only until its lease ends: one
+		// live holder with a long lease, two dead ones with 10s leases.
+		if rel, err := l.Slot(ctx, "dead", lim, time.Second, 2*time.Minute); err != nil || rel == nil {
+			t.Fatal("no slot", err)
+		}
+		for range 2 {
 			if rel, err := l.Slot(ctx, "dead", lim, time.Second, 10*time.Second); err != nil || rel == nil {
 				t.Fatal("no slot", err)
 			}
@@ -140,11 +144,14 @@ func TestInFlightSlots(t *testing.T) {
 			t.Fatal("a fourth slot")
 		}
 		time.Sleep(11 * time.Second)
-		if n, err := l.Reap(ctx, "dead"); err != nil || n != 3 {
-			t.Fatalf("reaped %d, %v", n, err)
+		if n, err := l.Reap(ctx, "dead"); err != nil || n != 2 {
+			t.Fatalf("reaped %d, %v; want the 2 dead holders", n, err)
 		}
-		if rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute); rel == nil {
-			t.Fatal("no slot after the reap")
+		for i := range 3 {
+			rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute)
+			if got := rel != nil; got != (i < 2) {
+				t.Fatalf("slot %d after the reap: got one = %v (the live holder still has its own)", i+1, got)
+			}
 		}
 	})
 }

@@ -25,6 +25,9 @@ func StageKey(id string, stage int) string {
 // EventsKey is the rollout's audit trail: a capped list of "RFC3339 who: what" lines.
 func EventsKey(id string) string { return prefix + "{" + id + "}:events" }
 
+// CreatingKey is held (a short lease) while one process records a rollout.
+func CreatingKey(id string) string { return prefix + "{" + id + "}:creating" }
+
 // FailuresKey holds the latest failures of a rollout (capped at 20).
 func FailuresKey(id string) string { return prefix + "{" + id + "}:failures" }
 

@@ -51,8 +51,18 @@ const chunk = 500
 // recorded it changes nothing and returns created=false, so a re-run of
 // apply continues the rollout. A crash part-way leaves it unready, and the
 // next Create writes it again from scratch (no task is queued before ready).
+//
+// Two callers at once (operators re-applying, the repeat controller) do
+// not both write: the first takes a creation lease and the other waits for
+// the rollout to be ready and reports it as existing. A writer that dies
+// holds the lease for createLease at most.
 func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (created bool, err error) {
 	key := RolloutKey(r.ID)
+	mine, err := s.claimCreation(ctx, r.ID)
+	if err != nil || !mine {
+		return false, err
+	}
+	defer s.rdb.Del(context.WithoutCancel(ctx), CreatingKey(r.ID))
 	ready, err := s.rdb.HGet(ctx, key, "ready").Result()
 	if err != nil && err != redis.Nil {
 		return false, err
@@ -125,6 +135,7 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (create
 		for st, l := range stageIDs {
 			pipe.RPush(ctx, StageKey(r.ID, st), l...)
 		}
+		pipe.PExpire(ctx, CreatingKey(r.ID), createLease)
 		if _, err := pipe.Exec(ctx); err != nil {
 			return false, err
 		}
@@ -135,6 +146,34 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (create
 	pipe.SAdd(ctx, ActiveKey, r.ID)
 	_, err = pipe.Exec(ctx)
 	return err == nil, err
+}
+
+// createLease bounds how long a dead writer blocks the creation of its
+// rollout; a live one renews it with every chunk of records.
+const createLease = 30 * time.Second
+
+// claimCreation takes the creation lease of rollout id, or waits until
+// the rollout is ready (mine=false) or the lease of a dead writer runs out
+// (then takes it).
+func (s *Store) claimCreation(ctx context.Context, id string) (mine bool, err error) {
+	for {
+		ok, err := s.rdb.SetNX(ctx, CreatingKey(id), "1", createLease).Result()
+		if err != nil || ok {
+			return ok, err
+		}
+		ready, err := s.rdb.HGet(ctx, RolloutKey(id), "ready").Result()
+		if err != nil && err != redis.Nil {
+			return false, err
+		}
+		if ready == "1" {
+			return false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func jsonList(l []string) string {

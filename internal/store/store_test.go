@@ -2,7 +2,10 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,5 +137,43 @@ func TestDiedTryCountedWhilePaused(t *testing.T) {
 	}
 	if r, _ := st.Get(ctx, id); r.Counts[store.Running] != 0 || r.Counts[store.Pending] != 2 {
 		t.Fatalf("counts %v", r.Counts)
+	}
+}
+
+// TestConcurrentCreateWritesOnce: of several processes recording the same
+// rollout at once (operators re-applying, the repeat controller), one
+// writes it and the others report it as existing; its lists hold each CVM
+// once.
+func TestConcurrentCreateWritesOnce(t *testing.T) {
+	rdb, _ := testutil.Redis(t)
+	st := store.New(rdb)
+	nr := store.NewRollout{ID: "race", Name: "race", Spec: `{"name":"race"}`, State: store.RolloutRunning, Stages: []string{"all"}}
+	for i := range 2000 {
+		nr.CVMs = append(nr.CVMs, store.NewCVM{ID: fmt.Sprintf("cvm_%04d", i), State: store.Pending, Stage: 0})
+	}
+	var created atomic.Int32
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			ok, err := st.Create(context.Background(), nr, time.Now())
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				created.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if created.Load() != 1 {
+		t.Fatalf("%d callers wrote the rollout, want 1", created.Load())
+	}
+	for _, key := range []string{store.OrderKey("race"), store.StageKey("race", 0)} {
+		if n, err := rdb.LLen(context.Background(), key).Result(); err != nil || n != 2000 {
+			t.Fatalf("%s holds %d ids, want 2000 (%v)", key, n, err)
+		}
+	}
+	if r, err := st.Get(context.Background(), "race"); err != nil || r.Counts[store.Pending] != 2000 {
+		t.Fatalf("counts %v, %v", r.Counts, err)
 	}
 }

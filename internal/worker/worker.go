@@ -94,10 +94,13 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	n := fetchers(cfg.Concurrency, cfg.Fetchers)
 	var srvs []*asynq.Server
 	stop := func() {
+		// All stop taking tasks first (each Stop waits for its fetch loop,
+		// so together), then drain together: one ShutdownTimeout in all.
+		var wg sync.WaitGroup
 		for _, srv := range srvs {
-			srv.Stop() // all stop taking tasks first, then each drains
+			wg.Go(srv.Stop)
 		}
-		var wg sync.WaitGroup // drain together: one ShutdownTimeout in all
+		wg.Wait()
 		for _, srv := range srvs {
 			wg.Go(srv.Shutdown)
 		}
@@ -123,14 +126,9 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		}
 		srvs = append(srvs, srv)
 	}
-	ping := func() error {
-		for _, srv := range srvs {
-			if err := srv.Ping(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+	// Healthy: the servers share one Redis client, so one ping answers for
+	// all of them.
+	ping := func() error { return srvs[0].Ping() }
 	if mx != nil {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {
