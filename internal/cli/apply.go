@@ -54,6 +54,10 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *planHash != "" && !a.Created && a.RunOf != "" {
+		// The plan the operator pinned was not recorded: a run is going.
+		return fmt.Errorf("the plan with hash %s was not applied: run %s of %s is still %s; apply again when it has ended", *planHash, a.ID, a.RunOf, a.State)
+	}
 	if *out == "json" && !*wait {
 		return writeJSON(e.Stdout, a)
 	}

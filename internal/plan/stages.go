@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
@@ -94,8 +95,34 @@ func (q Quantity) Of(total int) int {
 type Stage struct {
 	Name    string        `json:"name"`
 	Size    int           `json:"size"`
-	Bake    time.Duration `json:"bake"`
+	Bake    time.Duration `json:"-"`
 	Promote string        `json:"promote"`
+}
+
+// stageJSON is Stage as -o json shows it: the bake as a duration string
+// ("15m0s"), as the file writes it, not in nanoseconds.
+type stageJSON struct {
+	Name    string `json:"name"`
+	Size    int    `json:"size"`
+	Bake    string `json:"bake"`
+	Promote string `json:"promote"`
+}
+
+func (s Stage) MarshalJSON() ([]byte, error) {
+	return json.Marshal(stageJSON{s.Name, s.Size, s.Bake.String(), s.Promote})
+}
+
+func (s *Stage) UnmarshalJSON(b []byte) error {
+	var j stageJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	d, err := time.ParseDuration(j.Bake)
+	if err != nil {
+		return fmt.Errorf("stage %q: bake: %v", j.Name, err)
+	}
+	*s = Stage{j.Name, j.Size, d, j.Promote}
+	return nil
 }
 
 // StagePlan sizes the stages for total CVMs to patch, Ansible `serial`

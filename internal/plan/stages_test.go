@@ -1,6 +1,8 @@
 package plan
 
 import (
+	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -133,5 +135,22 @@ func TestScheduleWindowsAcrossDST(t *testing.T) {
 	}
 	if _, _, ended := end.Gate(at("2026-12-05T06:00:00Z")); !ended {
 		t.Error("end_at did not end it")
+	}
+}
+
+// TestStageJSON: -o json shows a stage's bake as the file writes it, and
+// reads it back.
+func TestStageJSON(t *testing.T) {
+	in := []Stage{{Name: "canary", Size: 3, Bake: 15 * time.Minute, Promote: "manual"}, {Name: "rest", Size: 97}}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `[{"name":"canary","size":3,"bake":"15m0s","promote":"manual"},{"name":"rest","size":97,"bake":"0s","promote":""}]`; string(b) != want {
+		t.Fatalf("got %s\nwant %s", b, want)
+	}
+	var out []Stage
+	if err := json.Unmarshal(b, &out); err != nil || !reflect.DeepEqual(out, in) {
+		t.Fatalf("round trip: %+v %v", out, err)
 	}
 }
