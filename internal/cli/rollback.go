@@ -54,12 +54,9 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 			return err
 		}
 	}
-	a, err := c.Apply(ctx, p, whoAmI(), time.Now())
+	a, err := c.ApplyRollback(ctx, p, id, whoAmI(), time.Now())
 	if err != nil {
 		return err
-	}
-	if a.Created {
-		_ = c.Store.Event(ctx, id, time.Now(), whoAmI(), fmt.Sprintf("rollback recorded as %s (%d CVMs to restore)", a.ID, p.Counts[plan.Patch]))
 	}
 	if *out == "json" {
 		return writeJSON(e.Stdout, a)

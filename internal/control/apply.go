@@ -70,6 +70,12 @@ func (c *Control) apply(ctx context.Context, p *plan.Plan, who string, now time.
 		nr.Fields[stageField(i, "bake")] = st.Bake.String()
 		nr.Fields[stageField(i, "promote")] = st.Promote
 	}
+	if p.RollbackOf != "" {
+		nr.Fields["rollback_of"] = p.RollbackOf
+	}
+	if p.RunOf != "" {
+		nr.Fields["run_of"] = p.RunOf
+	}
 	if b := p.File.FailureBudget; b != nil {
 		nr.Fields["budget_max_failed"] = strconv.Itoa(b.Limit(p.Counts[plan.Patch]))
 		nr.Fields["budget_min_executed"] = strconv.Itoa(b.MinExecuted)
@@ -95,6 +101,11 @@ func (c *Control) apply(ctx context.Context, p *plan.Plan, who string, now time.
 		}
 		nr.CVMs = append(nr.CVMs, c)
 	}
+	// Only the rollout the file names repeats, not its runs; it is marked
+	// so with the rest of its record, in one step a crash cannot split.
+	if s := p.File.Schedule; s != nil && s.Repeat > 0 && fromFile && p.RunOf == "" && p.RollbackOf == "" {
+		nr.Repeat = true
+	}
 	created, err := c.Store.Create(ctx, nr, now)
 	if err != nil {
 		return Applied{}, fmt.Errorf("recording rollout %s: %w", p.ID, err)
@@ -105,12 +116,6 @@ func (c *Control) apply(ctx context.Context, p *plan.Plan, who string, now time.
 		}
 	}
 	out := Applied{ID: p.ID, Created: created}
-	// Only the rollout the file names repeats; its runs (RunID) do not.
-	if s := p.File.Schedule; created && s != nil && s.Repeat > 0 && p.ID == p.Name+"-"+p.SpecHash[:8] {
-		if err := c.Store.Repeat(ctx, p.ID); err != nil {
-			return out, err
-		}
-	}
 	r, err := c.Store.Get(ctx, p.ID)
 	if err != nil {
 		return out, err
@@ -227,15 +232,29 @@ func (c *Control) reapply(ctx context.Context, p *plan.Plan, who string, now tim
 	if _, _, ended := p.File.Schedule.Gate(now); ended {
 		return Applied{ID: p.ID, State: r.State}, true, fmt.Errorf("rollout %s: schedule.end_at %s has passed; no new run starts", p.ID, p.File.Schedule.EndAt.Format(time.RFC3339))
 	}
-	a, err := c.nextRun(ctx, p.ID, p, who, now)
+	a, err := c.nextRun(ctx, p.ID, p, who, now, false)
 	return a, true, err
 }
 
 // reserveRunScript claims run number ARGV[1]+1 of a base rollout if its
 // latest run is still ARGV[1], so that of two processes starting the next
-// run (operators re-applying, the repeat controller) exactly one creates it.
-// KEYS[1] base hash. ARGV[1] runs seen, ARGV[2] the new run's id.
+// run (operators re-applying, the repeat controller) exactly one creates
+// it; and only while the base is completed (not retried back to running,
+// not cancelled), its rollback is not going, and, for the repeat
+// controller (ARGV[3] = 1), the base still repeats (a cancel during the
+// re-plan wins).
+// KEYS[1] base hash, KEYS[2] the base's rollback hash, KEYS[3] the
+// repeating set. ARGV[1] runs seen, ARGV[2] the new run's id, ARGV[3]
+// 1 to require repeating, ARGV[4] the base's id.
+// Returns 1 reserved, 0 the runs moved on (re-read), or the reason why not.
 var reserveRunScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'completed' then return 'rollout is ' .. (st or 'gone') end
+local rb = redis.call('HGET', KEYS[2], 'state')
+if rb and rb ~= 'completed' and rb ~= 'cancelled' then return 'its rollback is ' .. rb end
+if ARGV[3] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
+  return 'it no longer repeats'
+end
 local n = tonumber(redis.call('HGET', KEYS[1], 'runs') or '1')
 if n ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'runs', n + 1, 'latest_run', ARGV[2])
@@ -243,12 +262,12 @@ return 1
 `)
 
 // nextRun rolls p out as the next run of base ("<base>-run<N>", N >= 2),
-// for re-apply and schedule.repeat alike. The run number is reserved on
-// the base before the run is recorded, so a crash in between leaves a
-// reserved run that the next call records (under the same id) instead of
-// skipping it, and two callers never record two runs. If the latest run
-// is still going, it is reported and nothing starts.
-func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who string, now time.Time) (Applied, error) {
+// for re-apply and schedule.repeat (repeat = true) alike. The run number
+// is reserved on the base before the run is recorded, so a crash in
+// between leaves a reserved run that the next call records (under the same
+// id) instead of skipping it, and two callers never record two runs. If
+// the latest run is still going, it is reported and nothing starts.
+func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who string, now time.Time, repeat bool) (Applied, error) {
 	for range 3 { // a lost reservation race re-reads once or twice
 		b, err := c.Store.Get(ctx, base)
 		if err != nil {
@@ -266,21 +285,38 @@ func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who st
 				return Applied{ID: latest.ID, State: latest.State, RunOf: base}, nil
 			}
 		}
-		ok, err := reserveRunScript.Run(ctx, c.Store.Redis(), []string{store.RolloutKey(base)}, n, RunID(base, n+1)).Int()
+		res, err := reserveRunScript.Run(ctx, c.Store.Redis(),
+			[]string{store.RolloutKey(base), store.RolloutKey(RollbackID(base)), store.RepeatingKey},
+			n, RunID(base, n+1), btoi(repeat), base).Result()
 		if err != nil {
 			return Applied{}, err
 		}
-		if ok == 1 {
-			return c.recordRun(ctx, base, n+1, p, who, now)
+		switch v := res.(type) {
+		case int64:
+			if v == 1 {
+				return c.recordRun(ctx, base, n+1, p, who, now)
+			}
+		case string:
+			return Applied{ID: base, State: b.State}, fmt.Errorf("rollout %s: %w: %s", base, errNoRun, v)
 		}
 	}
 	return Applied{}, fmt.Errorf("rollout %s: another process keeps starting runs; try again", base)
 }
 
+// errNoRun: the base's state forbids a new run (see reserveRunScript).
+var errNoRun = errors.New("no new run starts")
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // recordRun records and queues run n of base from p (left unchanged).
 func (c *Control) recordRun(ctx context.Context, base string, n int, p *plan.Plan, who string, now time.Time) (Applied, error) {
 	run := *p
-	run.ID = RunID(base, n)
+	run.ID, run.RunOf = RunID(base, n), base
 	a, err := c.apply(ctx, &run, who, now, false)
 	a.RunOf = base
 	if err == nil && a.Created {

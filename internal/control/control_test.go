@@ -2,6 +2,7 @@ package control_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -482,15 +483,65 @@ func TestRunsAfterCompletion(t *testing.T) {
 	if a, err = replan(time.Now().Add(2 * time.Hour)); err == nil || !contains(err.Error(), "end_at") {
 		t.Fatalf("apply after end_at: %+v %v", a, err)
 	}
-	// While a run is going (here: reserved, being recorded), the base's
-	// retry and rollback refuse: they would work its CVMs twice at once.
+	// While a run is going (here: reserved and being recorded, its
+	// creation lease held), the base's retry and rollback refuse: they
+	// would work its CVMs twice at once. A reservation abandoned by a crash
+	// (no lease) blocks nothing.
 	if err := b.Store.SetFields(ctx, p.ID, "runs", 9); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Control().RetryFailed(ctx, p.ID, "test", time.Now()); err == nil || !contains(err.Error(), "has a run going") {
+	lease := store.CreatingKey(control.RunID(p.ID, 9))
+	if err := b.RDB.Set(ctx, lease, "x", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Control().RetryFailed(ctx, p.ID, "test", time.Now()); err == nil || !contains(err.Error(), "is still going") {
 		t.Fatalf("retry of the base during a run: %v", err)
 	}
-	if _, err := b.Control().PlanRollback(ctx, b.API, p.ID); err == nil || !contains(err.Error(), "has a run going") {
+	if _, err := b.Control().PlanRollback(ctx, b.API, p.ID); err == nil || !contains(err.Error(), "is still going") {
 		t.Fatalf("rollback of the base during a run: %v", err)
+	}
+	b.RDB.Del(ctx, lease)
+	if _, err := b.Control().RetryFailed(ctx, p.ID, "test", time.Now()); err != nil {
+		t.Fatalf("retry after an abandoned reservation: %v", err)
+	}
+}
+
+// TestRollbackStopsRunsOfItsBase: rolling back a repeating rollout stops its
+// repeats, and no run starts while the rollback is going (a run would patch
+// the restored CVMs back).
+func TestRollbackStopsRunsOfItsBase(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 8, Seed: 6, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	ctx := context.Background()
+	file := head + "schedule: {repeat: 1h}\n"
+	p := b.Apply(t, file)
+	stop := b.Workers(t, 1, 4)
+	b.WaitState(t, p.ID, 30*time.Second, store.RolloutCompleted)
+	stop() // no worker: the rollback stays running
+	if ids, _ := b.Store.Repeating(ctx); !slices.Contains(ids, p.ID) {
+		t.Fatalf("repeating %v lacks %s", ids, p.ID)
+	}
+	rp, err := b.Control().PlanRollback(ctx, b.API, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Control().ApplyRollback(ctx, rp, p.ID, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := b.Store.Repeating(ctx); slices.Contains(ids, p.ID) {
+		t.Fatal("the rollback did not stop the repeats")
+	}
+	// Re-applying the file now finds every CVM "drifted" (the rollback is
+	// about to restore them), but no run starts while the rollback goes.
+	f, err := plan.Parse("test.yaml", []byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Sim.SetConfig(p.Items[0].CVMID, []string{"https://kms-drift.example:8000"}, nil)
+	q, err := plan.Build(ctx, b.API, f, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "its rollback is running") {
+		t.Fatalf("apply during the rollback: %+v %v", a, err)
 	}
 }

@@ -43,7 +43,7 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) {
 	defer t.Stop()
 	for {
 		if ok, err := c.lead(ctx); err == nil && ok {
-			if err := c.Tick(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			if err := c.leadingTick(ctx); err != nil && ctx.Err() == nil {
 				c.log().Warn("controller tick", "err", err)
 			}
 		}
@@ -54,6 +54,32 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// leadingTick runs one Tick while renewing the lock, and stops the tick
+// if the lock is lost: a tick can outlast lockTTL (re-planning a repeat
+// reads the whole fleet), and another process must not lead meanwhile.
+func (c *Controller) leadingTick(ctx context.Context) error {
+	tctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(lockTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if ok, err := c.lead(tctx); err != nil || !ok {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return c.Tick(tctx, time.Now())
 }
 
 // leadScript takes the controller lock, or renews it if this process holds

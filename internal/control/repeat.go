@@ -77,7 +77,9 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 			"last_check", fmt.Sprintf("no drift in %d selected CVMs", len(p.Items)))
 	}
 	p.ID = base
-	_, err = c.nextRun(ctx, base, p, "repeat of "+base, now)
+	if _, err = c.nextRun(ctx, base, p, "repeat of "+base, now, true); errors.Is(err, errNoRun) {
+		return nil // the base was cancelled, retried or rolled back meanwhile: its next tick decides
+	}
 	return err
 }
 

@@ -21,8 +21,10 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	if r.State == store.RolloutCancelled {
 		return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
 	}
-	if run, err := c.liveRun(ctx, r); err != nil || run != "" {
-		return 0, errors.Join(err, runGoing("retry", id, run))
+	if other, err := c.busy(ctx, baseOf(r), id); err != nil {
+		return 0, err
+	} else if other != "" {
+		return 0, busyError("retry", id, other)
 	}
 	spec, err := Spec(r)
 	if err != nil {
@@ -83,30 +85,53 @@ func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*
 	return r, nil
 }
 
-// liveRun is the id of r's latest run (see nextRun) while that run has not
-// finished, else "". A base and its runs are separate rollouts with their
-// own limits: retrying or rolling back the base while a run is going
-// would work the same CVMs twice at once.
-func (c *Control) liveRun(ctx context.Context, r *store.Rollout) (string, error) {
-	n := atoi(r.Fields["runs"])
-	if n < 2 {
-		return "", nil
+// baseOf is the rollout whose file r came from: r itself, or the base of
+// a run ("run_of") or of a rollback ("rollback_of").
+func baseOf(r *store.Rollout) string {
+	for _, f := range []string{"run_of", "rollback_of"} {
+		if b := r.Fields[f]; b != "" {
+			return b
+		}
 	}
-	run, err := c.Store.Get(ctx, RunID(r.ID, n))
-	if errors.Is(err, store.ErrNotFound) {
-		return RunID(r.ID, n), nil // reserved, being recorded
-	} else if err != nil {
-		return "", err
-	}
-	if finished(run.State) {
-		return "", nil
-	}
-	return run.ID, nil
+	return r.ID
 }
 
-func runGoing(cmd, id, run string) error {
-	if run == "" {
-		return nil
+// busy is a rollout of base's family (the base, its latest run, its
+// rollback), other than self, that has not finished, or "". They are
+// separate rollouts with their own limits, so two of them working the same
+// CVMs at once would PATCH (and restart) a CVM twice: retry, rollback and
+// a new run each wait until the others have ended. A run whose number was
+// reserved but which is not recorded counts only while its creation lease
+// is held: a reservation abandoned by a crash blocks nothing.
+func (c *Control) busy(ctx context.Context, base, self string) (string, error) {
+	b, err := c.Store.Get(ctx, base)
+	if err != nil {
+		return "", err
 	}
-	return fmt.Errorf("%s: rollout %s has a run going (%s); wait for it to end, or %s the run itself", cmd, id, run, cmd)
+	family := []string{base, RollbackID(base)}
+	if n := atoi(b.Fields["runs"]); n >= 2 {
+		family = append(family, RunID(base, n))
+	}
+	for _, id := range family {
+		if id == self {
+			continue
+		}
+		r, err := c.Store.Get(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			if held, err := c.Store.Creating(ctx, id); err != nil || held {
+				return id, err
+			}
+			continue
+		} else if err != nil {
+			return "", err
+		}
+		if !finished(r.State) {
+			return id, nil
+		}
+	}
+	return "", nil
+}
+
+func busyError(cmd, id, other string) error {
+	return fmt.Errorf("%s: %s is still going, and works the same CVMs as %s; wait for it to end (or pause, then cancel it)", cmd, other, id)
 }

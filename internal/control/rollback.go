@@ -2,10 +2,10 @@ package control
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/plan"
@@ -16,6 +16,25 @@ import (
 // ConfigReader reads a CVM's current network config.
 type ConfigReader interface {
 	GetNetworkConfig(ctx context.Context, id string) (*api.NetworkConfig, error)
+}
+
+// ApplyRollback records and queues a rollback plan. It also stops the
+// original's schedule.repeat: a later run would see the restored CVMs as
+// drift and patch them back.
+func (c *Control) ApplyRollback(ctx context.Context, p *plan.Plan, of, who string, now time.Time) (Applied, error) {
+	a, err := c.Apply(ctx, p, who, now)
+	if err != nil {
+		return a, err
+	}
+	if stopped, err := c.Store.StopRepeating(ctx, of); err != nil {
+		return a, err
+	} else if stopped {
+		_ = c.Store.Event(ctx, of, now, who, "repeats stopped by the rollback")
+	}
+	if a.Created {
+		_ = c.Store.Event(ctx, of, now, who, fmt.Sprintf("rollback recorded as %s (%d CVMs to restore)", a.ID, p.Counts[plan.Patch]))
+	}
+	return a, nil
 }
 
 // RollbackID names the rollback of a rollout.
@@ -34,15 +53,17 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 	if orig.State == store.RolloutRunning || orig.State == store.RolloutScheduled {
 		return nil, fmt.Errorf("rollback: rollout %s is %s; pause or cancel it first", id, orig.State)
 	}
-	if run, err := c.liveRun(ctx, orig); err != nil || run != "" {
-		return nil, errors.Join(err, runGoing("rollback", id, run))
+	if other, err := c.busy(ctx, baseOf(orig), id); err != nil {
+		return nil, err
+	} else if other != "" && other != RollbackID(id) {
+		return nil, busyError("rollback", id, other)
 	}
 	spec, err := Spec(orig)
 	if err != nil {
 		return nil, err
 	}
 	spec.Schedule = nil // undo now, not at the original's times
-	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec}
+	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec, RollbackOf: id}
 	var recs []store.CVMRecord
 	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
 		if rec.Patched {

@@ -55,6 +55,10 @@ type Plan struct {
 	// --plan-hash refuses to run if a fresh plan differs from the one shown.
 	Hash string `json:"plan_hash"`
 	File *File  `json:"-"`
+	// RollbackOf and RunOf name the rollout this plan undoes or is a run
+	// of; apply records them, and the family guard (control.busy) uses them.
+	RollbackOf string `json:"rollback_of,omitempty"`
+	RunOf      string `json:"run_of,omitempty"`
 }
 
 // Reader is the part of the API a plan reads.

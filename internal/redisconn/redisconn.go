@@ -68,6 +68,14 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 // Every client has at least pool connections (256 by default) and speaks
 // RESP2: this tool uses no push notifications, and under RESP3 go-redis
 // checks for them on every reply (7% of a worker's CPU in the profile).
+//
+// go-redis's own retries are off (MaxRetries -1): it resends a command
+// whose reply timed out or broke off, and most of this tool's writes are
+// scripts that must run once (a replayed begin counts an attempt that never
+// happened; a replayed slot acquire holds a slot for a whole lease; a
+// replayed chunk of Create lists CVMs twice). An error goes to the caller
+// instead, and every caller is safe to run again: a task is retried by the
+// queue, a command by the operator.
 func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -80,6 +88,7 @@ func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
 		}
 		fo.PoolSize = max(fo.PoolSize, 256, pool)
 		fo.Protocol = 2
+		fo.MaxRetries = -1
 		return redis.NewFailoverClient(fo), nil
 	}
 	opt, err := redis.ParseURL(rawURL)
@@ -89,6 +98,7 @@ func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
 	opt.PoolSize = max(opt.PoolSize, 256, pool)
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	opt.Protocol = 2
+	opt.MaxRetries = -1
 	return redis.NewClient(opt), nil
 }
 

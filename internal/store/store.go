@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +36,7 @@ type NewRollout struct {
 	Stages                              []string // stage names; len >= 1
 	CVMs                                []NewCVM // every selected CVM, in plan order
 	Fields                              map[string]string
+	Repeat                              bool // add to RepeatingKey when ready (schedule.repeat)
 }
 
 // NewCVM is one CVM's starting record.
@@ -58,11 +61,16 @@ const chunk = 500
 // holds the lease for createLease at most.
 func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (created bool, err error) {
 	key := RolloutKey(r.ID)
-	mine, err := s.claimCreation(ctx, r.ID)
-	if err != nil || !mine {
+	token, err := s.claimCreation(ctx, r.ID)
+	if err != nil || token == "" {
 		return false, err
 	}
-	defer s.rdb.Del(context.WithoutCancel(ctx), CreatingKey(r.ID))
+	defer releaseCreationScript.Run(context.WithoutCancel(ctx), s.rdb, []string{CreatingKey(r.ID)}, token)
+	// Every write below goes through leased: a writer that stalled past its
+	// lease (and was replaced) writes nothing more.
+	leased := func(write func(redis.Pipeliner)) error {
+		return s.leased(ctx, r.ID, token, write)
+	}
 	ready, err := s.rdb.HGet(ctx, key, "ready").Result()
 	if err != nil && err != redis.Nil {
 		return false, err
@@ -99,82 +107,136 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (create
 	for k, v := range r.Fields {
 		meta[k] = v
 	}
-	pipe := s.rdb.Pipeline()
-	pipe.Del(ctx, key, OrderKey(r.ID))
-	for i := range r.Stages {
-		pipe.Del(ctx, StageKey(r.ID, i))
-	}
-	pipe.HSet(ctx, key, meta)
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err := leased(func(pipe redis.Pipeliner) {
+		pipe.Del(ctx, key, OrderKey(r.ID))
+		for i := range r.Stages {
+			pipe.Del(ctx, StageKey(r.ID, i))
+		}
+		pipe.HSet(ctx, key, meta)
+	}); err != nil {
 		return false, err
 	}
 	for start := 0; start < len(r.CVMs); start += chunk {
 		part := r.CVMs[start:min(start+chunk, len(r.CVMs))]
-		pipe := s.rdb.Pipeline()
 		ids := make([]any, len(part))
 		stageIDs := map[int][]any{}
-		for i, c := range part {
-			ids[i] = c.ID
-			rec := []any{"name", c.Name, "stage", c.Stage, "state", c.State}
-			if c.Reason != "" {
-				rec = append(rec, "reason", c.Reason)
+		if err := leased(func(pipe redis.Pipeliner) {
+			for i, c := range part {
+				ids[i] = c.ID
+				rec := []any{"name", c.Name, "stage", c.Stage, "state", c.State}
+				if c.Reason != "" {
+					rec = append(rec, "reason", c.Reason)
+				}
+				if c.Target != "" {
+					rec = append(rec, "target", c.Target)
+				}
+				if Terminal(c.State) {
+					rec = append(rec, "finished_at", ts)
+				}
+				pipe.Del(ctx, CVMKey(r.ID, c.ID))
+				pipe.HSet(ctx, CVMKey(r.ID, c.ID), rec...)
+				if c.State == Pending {
+					stageIDs[c.Stage] = append(stageIDs[c.Stage], c.ID)
+				}
 			}
-			if c.Target != "" {
-				rec = append(rec, "target", c.Target)
+			pipe.RPush(ctx, OrderKey(r.ID), ids...)
+			for st, l := range stageIDs {
+				pipe.RPush(ctx, StageKey(r.ID, st), l...)
 			}
-			if Terminal(c.State) {
-				rec = append(rec, "finished_at", ts)
-			}
-			pipe.Del(ctx, CVMKey(r.ID, c.ID))
-			pipe.HSet(ctx, CVMKey(r.ID, c.ID), rec...)
-			if c.State == Pending {
-				stageIDs[c.Stage] = append(stageIDs[c.Stage], c.ID)
-			}
-		}
-		pipe.RPush(ctx, OrderKey(r.ID), ids...)
-		for st, l := range stageIDs {
-			pipe.RPush(ctx, StageKey(r.ID, st), l...)
-		}
-		pipe.PExpire(ctx, CreatingKey(r.ID), createLease)
-		if _, err := pipe.Exec(ctx); err != nil {
+		}); err != nil {
 			return false, err
 		}
 	}
-	pipe = s.rdb.Pipeline()
-	pipe.HSet(ctx, key, "ready", "1")
+	if err := leased(func(pipe redis.Pipeliner) {
+		pipe.HSet(ctx, key, "ready", "1")
+	}); err != nil {
+		return false, err
+	}
+	// The rollout is recorded; listing it is idempotent.
+	pipe := s.rdb.Pipeline()
 	pipe.ZAdd(ctx, IndexKey, redis.Z{Score: float64(now.UnixMilli()), Member: r.ID})
 	pipe.SAdd(ctx, ActiveKey, r.ID)
+	if r.Repeat {
+		pipe.SAdd(ctx, RepeatingKey, r.ID)
+	}
 	_, err = pipe.Exec(ctx)
 	return err == nil, err
+}
+
+// Creating says whether a process holds the creation lease of rollout id
+// (it is being recorded right now).
+func (s *Store) Creating(ctx context.Context, id string) (bool, error) {
+	n, err := s.rdb.Exists(ctx, CreatingKey(id)).Result()
+	return n > 0, err
 }
 
 // createLease bounds how long a dead writer blocks the creation of its
 // rollout; a live one renews it with every chunk of records.
 const createLease = 30 * time.Second
 
-// claimCreation takes the creation lease of rollout id, or waits until
-// the rollout is ready (mine=false) or the lease of a dead writer runs out
-// (then takes it).
-func (s *Store) claimCreation(ctx context.Context, id string) (mine bool, err error) {
+// errLeaseLost: this writer stalled past its creation lease and another
+// process took over the rollout's creation.
+var errLeaseLost = errors.New("another process took over recording this rollout (this one stalled past its lease); run apply again")
+
+// claimCreation takes the creation lease of rollout id and returns its
+// token, or waits until the rollout is ready (token "") or the lease of a
+// dead writer runs out (then takes it).
+func (s *Store) claimCreation(ctx context.Context, id string) (token string, err error) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	token = hex.EncodeToString(b[:])
 	for {
-		ok, err := s.rdb.SetNX(ctx, CreatingKey(id), "1", createLease).Result()
+		ok, err := s.rdb.SetNX(ctx, CreatingKey(id), token, createLease).Result()
 		if err != nil || ok {
-			return ok, err
+			if err != nil {
+				token = ""
+			}
+			return token, err
 		}
 		ready, err := s.rdb.HGet(ctx, RolloutKey(id), "ready").Result()
 		if err != nil && err != redis.Nil {
-			return false, err
+			return "", err
 		}
 		if ready == "1" {
-			return false, nil
+			return "", nil
 		}
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return "", ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
+
+// leased runs write in a MULTI that commits only while this writer still
+// holds the creation lease (WATCH on it: a lease that expired or changed
+// hands aborts the transaction), and renews the lease.
+func (s *Store) leased(ctx context.Context, id, token string, write func(redis.Pipeliner)) error {
+	lease := CreatingKey(id)
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		if cur, err := tx.Get(ctx, lease).Result(); err == redis.Nil || err == nil && cur != token {
+			return errLeaseLost
+		} else if err != nil {
+			return err
+		}
+		_, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			write(pipe)
+			pipe.PExpire(ctx, lease, createLease)
+			return nil
+		})
+		return err
+	}, lease)
+	if errors.Is(err, redis.TxFailedErr) {
+		return errLeaseLost
+	}
+	return err
+}
+
+// releaseCreationScript drops the creation lease if it is still ours.
+var releaseCreationScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+`)
 
 func jsonList(l []string) string {
 	if l == nil {
@@ -506,11 +568,6 @@ func (s *Store) ResetFailed(ctx context.Context, id string, now time.Time) (ids 
 // Reactivate puts a rollout back in the controller's set.
 func (s *Store) Reactivate(ctx context.Context, id string) error {
 	return s.rdb.SAdd(ctx, ActiveKey, id).Err()
-}
-
-// Repeat marks a rollout as repeating (schedule.repeat).
-func (s *Store) Repeat(ctx context.Context, id string) error {
-	return s.rdb.SAdd(ctx, RepeatingKey, id).Err()
 }
 
 // Repeating lists the repeating rollouts.
