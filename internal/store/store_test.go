@@ -11,6 +11,7 @@ import (
 
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
+	"github.com/redis/go-redis/v9"
 )
 
 func setup(t *testing.T, state string) (*store.Store, string) {
@@ -175,5 +176,67 @@ func TestConcurrentCreateWritesOnce(t *testing.T) {
 	}
 	if r, err := st.Get(context.Background(), "race"); err != nil || r.Counts[store.Pending] != 2000 {
 		t.Fatalf("counts %v, %v", r.Counts, err)
+	}
+}
+
+// stallHook holds the first MULTI of Create that writes CVM ids, until
+// resumed: a writer frozen mid-write (a stopped laptop, a long GC pause).
+type stallHook struct {
+	key             string
+	stalled, resume chan struct{}
+	once            sync.Once
+}
+
+func (h *stallHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *stallHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *stallHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if a := c.Args(); len(a) > 1 && c.Name() == "rpush" && a[1] == h.key {
+				h.once.Do(func() { close(h.stalled); <-h.resume })
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestStalledWriterWritesNothingMore: a writer whose creation lease ran out
+// mid-write, while another process recorded the rollout, writes nothing
+// more and says so; the rollout holds each CVM once.
+func TestStalledWriterWritesNothingMore(t *testing.T) {
+	rdb, url := testutil.Redis(t)
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := redis.NewClient(opt)
+	defer slow.Close()
+	h := &stallHook{key: store.OrderKey("stall"), stalled: make(chan struct{}), resume: make(chan struct{})}
+	slow.AddHook(h)
+	nr := store.NewRollout{ID: "stall", Name: "stall", Spec: `{"name":"stall"}`, State: store.RolloutRunning, Stages: []string{"all"}}
+	for i := range 1200 {
+		nr.CVMs = append(nr.CVMs, store.NewCVM{ID: fmt.Sprintf("cvm_%04d", i), State: store.Pending, Stage: 0})
+	}
+	ctx := context.Background()
+	first := make(chan error, 1)
+	go func() {
+		_, err := store.New(slow).Create(ctx, nr, time.Now())
+		first <- err
+	}()
+	<-h.stalled
+	// Its lease runs out (as after 30 s) and another process records it.
+	rdb.Del(ctx, store.CreatingKey("stall"))
+	if created, err := store.New(rdb).Create(ctx, nr, time.Now()); err != nil || !created {
+		t.Fatalf("second writer: %v %v", created, err)
+	}
+	close(h.resume)
+	if err := <-first; err == nil || !strings.Contains(err.Error(), "took over") {
+		t.Fatalf("the stalled writer: %v, want the lease-lost error", err)
+	}
+	if n, _ := rdb.LLen(ctx, store.OrderKey("stall")).Result(); n != 1200 {
+		t.Fatalf("order list holds %d ids, want 1200", n)
+	}
+	if held, _ := store.New(rdb).Creating(ctx, "stall"); held {
+		t.Fatal("a creation lease is left behind")
 	}
 }
