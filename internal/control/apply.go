@@ -76,6 +76,9 @@ func (c *Control) apply(ctx context.Context, p *plan.Plan, who string, now time.
 	if p.RunOf != "" {
 		nr.Fields["run_of"] = p.RunOf
 	}
+	if p.Family != "" {
+		nr.Fields["family"] = p.Family
+	}
 	if b := p.File.FailureBudget; b != nil {
 		nr.Fields["budget_max_failed"] = strconv.Itoa(b.Limit(p.Counts[plan.Patch]))
 		nr.Fields["budget_min_executed"] = strconv.Itoa(b.MinExecuted)
@@ -244,19 +247,23 @@ func (c *Control) reapply(ctx context.Context, p *plan.Plan, who string, now tim
 // controller (ARGV[3] = 1), the base still repeats (a cancel during the
 // re-plan wins).
 // KEYS[1] base hash, KEYS[2] the base's rollback hash, KEYS[3] the
-// repeating set. ARGV[1] runs seen, ARGV[2] the new run's id, ARGV[3]
-// 1 to require repeating, ARGV[4] the base's id.
+// repeating set, KEYS[4] the latest run's rollback hash. ARGV[1] runs
+// seen, ARGV[2] the new run's id, ARGV[3] 1 to require repeating, ARGV[4]
+// the base's id, ARGV[5] 1 to check only (for a reserved, unrecorded run).
 // Returns 1 reserved, 0 the runs moved on (re-read), or the reason why not.
 var reserveRunScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'completed' then return 'rollout is ' .. (st or 'gone') end
-local rb = redis.call('HGET', KEYS[2], 'state')
-if rb and rb ~= 'completed' and rb ~= 'cancelled' then return 'its rollback is ' .. rb end
+for _, k in ipairs({KEYS[2], KEYS[4]}) do
+  local rb = redis.call('HMGET', k, 'state', 'ready')
+  if rb[2] == '1' and rb[1] ~= 'completed' and rb[1] ~= 'cancelled' then return 'a rollback is ' .. rb[1] end
+end
 if ARGV[3] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
   return 'it no longer repeats'
 end
 local n = tonumber(redis.call('HGET', KEYS[1], 'runs') or '1')
 if n ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[5] == '1' then return 1 end -- check only: run n is reserved, not recorded
 redis.call('HSET', KEYS[1], 'runs', n + 1, 'latest_run', ARGV[2])
 return 1
 `)
@@ -274,11 +281,14 @@ func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who st
 			return Applied{}, err
 		}
 		n := max(atoi(b.Fields["runs"]), 1)
+		latestID := base
+		checkOnly := false
 		if n > 1 {
-			latest, err := c.Store.Get(ctx, RunID(base, n))
+			latestID = RunID(base, n)
+			latest, err := c.Store.Get(ctx, latestID)
 			switch {
 			case errors.Is(err, store.ErrNotFound):
-				return c.recordRun(ctx, base, n, p, who, now) // reserved, never recorded
+				checkOnly = true // reserved, never recorded: record it if still allowed
 			case err != nil:
 				return Applied{}, err
 			case !finished(latest.State):
@@ -286,13 +296,16 @@ func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who st
 			}
 		}
 		res, err := reserveRunScript.Run(ctx, c.Store.Redis(),
-			[]string{store.RolloutKey(base), store.RolloutKey(RollbackID(base)), store.RepeatingKey},
-			n, RunID(base, n+1), btoi(repeat), base).Result()
+			[]string{store.RolloutKey(base), store.RolloutKey(RollbackID(base)), store.RepeatingKey, store.RolloutKey(RollbackID(latestID))},
+			n, RunID(base, n+1), btoi(repeat), base, btoi(checkOnly)).Result()
 		if err != nil {
 			return Applied{}, err
 		}
 		switch v := res.(type) {
 		case int64:
+			if v == 1 && checkOnly {
+				return c.recordRun(ctx, base, n, p, who, now)
+			}
 			if v == 1 {
 				return c.recordRun(ctx, base, n+1, p, who, now)
 			}
@@ -316,7 +329,7 @@ func btoi(b bool) int {
 // recordRun records and queues run n of base from p (left unchanged).
 func (c *Control) recordRun(ctx context.Context, base string, n int, p *plan.Plan, who string, now time.Time) (Applied, error) {
 	run := *p
-	run.ID, run.RunOf = RunID(base, n), base
+	run.ID, run.RunOf, run.Family = RunID(base, n), base, base
 	a, err := c.apply(ctx, &run, who, now, false)
 	a.RunOf = base
 	if err == nil && a.Created {

@@ -541,7 +541,18 @@ func TestRollbackStopsRunsOfItsBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "its rollback is running") {
+	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "a rollback is running") {
 		t.Fatalf("apply during the rollback: %+v %v", a, err)
+	}
+	// Nor does a run whose number a crashed process reserved but never
+	// recorded: it is recorded only under the same checks.
+	if err := b.Store.SetFields(ctx, p.ID, "runs", 2); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "a rollback is running") {
+		t.Fatalf("apply with a reserved run during the rollback: %+v %v", a, err)
+	}
+	if _, err := b.Store.Get(ctx, control.RunID(p.ID, 2)); err == nil {
+		t.Fatal("the reserved run was recorded while the rollback goes")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
@@ -63,8 +64,10 @@ func (c *Controller) leadingTick(ctx context.Context) error {
 	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait() // no renewal may land after this tick (and a release)
 	defer close(done)
-	go func() {
+	wg.Go(func() {
 		t := time.NewTicker(lockTTL / 3)
 		defer t.Stop()
 		for {
@@ -78,7 +81,7 @@ func (c *Controller) leadingTick(ctx context.Context) error {
 				}
 			}
 		}
-	}()
+	})
 	return c.Tick(tctx, time.Now())
 }
 

@@ -43,6 +43,9 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 		_, err := c.Store.StopRepeating(ctx, base)
 		return err
 	}
+	if b.State != store.RolloutCompleted {
+		return nil // a run starts only from a completed base (not one retried back to running)
+	}
 	n := max(atoi(b.Fields["runs"]), 1)
 	latest := base
 	if n > 1 {

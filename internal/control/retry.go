@@ -21,6 +21,9 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	if r.State == store.RolloutCancelled {
 		return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
 	}
+	if err := c.notLatestRun(ctx, "retry", r); err != nil {
+		return 0, err
+	}
 	if other, err := c.busy(ctx, baseOf(r), id); err != nil {
 		return 0, err
 	} else if other != "" {
@@ -85,15 +88,32 @@ func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*
 	return r, nil
 }
 
-// baseOf is the rollout whose file r came from: r itself, or the base of
-// a run ("run_of") or of a rollback ("rollback_of").
+// baseOf is the rollout whose file r came from: r itself, or the root of
+// its family (recorded on runs and rollbacks).
 func baseOf(r *store.Rollout) string {
-	for _, f := range []string{"run_of", "rollback_of"} {
+	for _, f := range []string{"family", "run_of", "rollback_of"} {
 		if b := r.Fields[f]; b != "" {
 			return b
 		}
 	}
 	return r.ID
+}
+
+// notLatestRun refuses to work on a run other than its family's latest:
+// the family guard (busy) watches only the latest run and the rollbacks
+// of the base and of that run.
+func (c *Control) notLatestRun(ctx context.Context, cmd string, r *store.Rollout) error {
+	if r.Fields["run_of"] == "" {
+		return nil
+	}
+	b, err := c.Store.Get(ctx, r.Fields["run_of"])
+	if err != nil {
+		return err
+	}
+	if latest := RunID(b.ID, max(atoi(b.Fields["runs"]), 1)); latest != r.ID {
+		return fmt.Errorf("%s: %s is not the latest run of %s (%s is); only the latest run can be retried or rolled back", cmd, r.ID, b.ID, latest)
+	}
+	return nil
 }
 
 // busy is a rollout of base's family (the base, its latest run, its
@@ -110,7 +130,7 @@ func (c *Control) busy(ctx context.Context, base, self string) (string, error) {
 	}
 	family := []string{base, RollbackID(base)}
 	if n := atoi(b.Fields["runs"]); n >= 2 {
-		family = append(family, RunID(base, n))
+		family = append(family, RunID(base, n), RollbackID(RunID(base, n)))
 	}
 	for _, id := range family {
 		if id == self {

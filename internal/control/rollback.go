@@ -22,14 +22,25 @@ type ConfigReader interface {
 // original's schedule.repeat: a later run would see the restored CVMs as
 // drift and patch them back.
 func (c *Control) ApplyRollback(ctx context.Context, p *plan.Plan, of, who string, now time.Time) (Applied, error) {
+	// Repeats stop first, and the family is checked again: planning read
+	// the fleet and maybe waited for a yes, and a run may have started.
+	root := p.Family
+	if root == "" {
+		root = of
+	}
+	if stopped, err := c.Store.StopRepeating(ctx, root); err != nil {
+		return Applied{}, err
+	} else if stopped {
+		_ = c.Store.Event(ctx, root, now, who, "repeats stopped by the rollback of "+of)
+	}
+	if other, err := c.busy(ctx, root, of); err != nil {
+		return Applied{}, err
+	} else if other != "" && other != p.ID {
+		return Applied{}, busyError("rollback", of, other)
+	}
 	a, err := c.Apply(ctx, p, who, now)
 	if err != nil {
 		return a, err
-	}
-	if stopped, err := c.Store.StopRepeating(ctx, of); err != nil {
-		return a, err
-	} else if stopped {
-		_ = c.Store.Event(ctx, of, now, who, "repeats stopped by the rollback")
 	}
 	if a.Created {
 		_ = c.Store.Event(ctx, of, now, who, fmt.Sprintf("rollback recorded as %s (%d CVMs to restore)", a.ID, p.Counts[plan.Patch]))
@@ -53,6 +64,9 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 	if orig.State == store.RolloutRunning || orig.State == store.RolloutScheduled {
 		return nil, fmt.Errorf("rollback: rollout %s is %s; pause or cancel it first", id, orig.State)
 	}
+	if err := c.notLatestRun(ctx, "rollback", orig); err != nil {
+		return nil, err
+	}
 	if other, err := c.busy(ctx, baseOf(orig), id); err != nil {
 		return nil, err
 	} else if other != "" && other != RollbackID(id) {
@@ -63,7 +77,7 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 		return nil, err
 	}
 	spec.Schedule = nil // undo now, not at the original's times
-	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec, RollbackOf: id}
+	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec, RollbackOf: id, Family: baseOf(orig)}
 	var recs []store.CVMRecord
 	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
 		if rec.Patched {

@@ -59,6 +59,9 @@ type Plan struct {
 	// of; apply records them, and the family guard (control.busy) uses them.
 	RollbackOf string `json:"rollback_of,omitempty"`
 	RunOf      string `json:"run_of,omitempty"`
+	// Family is the rollout whose file started it all (for a run, or a
+	// rollback of it or of a run); empty for that rollout itself.
+	Family string `json:"family,omitempty"`
 }
 
 // Reader is the part of the API a plan reads.

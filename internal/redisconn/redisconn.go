@@ -75,7 +75,9 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 // happened; a replayed slot acquire holds a slot for a whole lease; a
 // replayed chunk of Create lists CVMs twice). An error goes to the caller
 // instead, and every caller is safe to run again: a task is retried by the
-// queue, a command by the operator.
+// queue, a command by the operator. The price: errors that were safe to
+// retry (a dial error, LOADING after a restart, READONLY during a failover)
+// reach the caller too. A max_retries parameter in the URL overrides this.
 func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -88,7 +90,9 @@ func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
 		}
 		fo.PoolSize = max(fo.PoolSize, 256, pool)
 		fo.Protocol = 2
-		fo.MaxRetries = -1
+		if !u.Query().Has("max_retries") {
+			fo.MaxRetries = -1
+		}
 		return redis.NewFailoverClient(fo), nil
 	}
 	opt, err := redis.ParseURL(rawURL)
@@ -98,7 +102,9 @@ func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
 	opt.PoolSize = max(opt.PoolSize, 256, pool)
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	opt.Protocol = 2
-	opt.MaxRetries = -1
+	if !u.Query().Has("max_retries") {
+		opt.MaxRetries = -1
+	}
 	return redis.NewClient(opt), nil
 }
 

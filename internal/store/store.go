@@ -147,19 +147,17 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (create
 			return false, err
 		}
 	}
-	if err := leased(func(pipe redis.Pipeliner) {
+	// Ready, listed, active (the controller drives it) and, if so,
+	// repeating: in one MULTI, so no crash leaves a ready rollout that
+	// nothing drives.
+	err = leased(func(pipe redis.Pipeliner) {
 		pipe.HSet(ctx, key, "ready", "1")
-	}); err != nil {
-		return false, err
-	}
-	// The rollout is recorded; listing it is idempotent.
-	pipe := s.rdb.Pipeline()
-	pipe.ZAdd(ctx, IndexKey, redis.Z{Score: float64(now.UnixMilli()), Member: r.ID})
-	pipe.SAdd(ctx, ActiveKey, r.ID)
-	if r.Repeat {
-		pipe.SAdd(ctx, RepeatingKey, r.ID)
-	}
-	_, err = pipe.Exec(ctx)
+		pipe.ZAdd(ctx, IndexKey, redis.Z{Score: float64(now.UnixMilli()), Member: r.ID})
+		pipe.SAdd(ctx, ActiveKey, r.ID)
+		if r.Repeat {
+			pipe.SAdd(ctx, RepeatingKey, r.ID)
+		}
+	})
 	return err == nil, err
 }
 
