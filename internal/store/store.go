@@ -78,6 +78,12 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (create
 	if ready == "1" {
 		return false, nil
 	}
+	// An earlier writer that died part-way left records to overwrite
+	// whole; a fresh rollout has none, and skips a DEL per CVM.
+	leftovers, err := s.rdb.Exists(ctx, key).Result()
+	if err != nil {
+		return false, err
+	}
 	counts := map[string]int{}
 	stageCounts := map[string]int{}
 	stageSize := make([]int, len(r.Stages))
@@ -133,7 +139,9 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (create
 				if Terminal(c.State) {
 					rec = append(rec, "finished_at", ts)
 				}
-				pipe.Del(ctx, CVMKey(r.ID, c.ID))
+				if leftovers > 0 {
+					pipe.Del(ctx, CVMKey(r.ID, c.ID))
+				}
 				pipe.HSet(ctx, CVMKey(r.ID, c.ID), rec...)
 				if c.State == Pending {
 					stageIDs[c.Stage] = append(stageIDs[c.Stage], c.ID)
