@@ -288,7 +288,13 @@ func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who st
 			latest, err := c.Store.Get(ctx, latestID)
 			switch {
 			case errors.Is(err, store.ErrNotFound):
-				checkOnly = true // reserved, never recorded: record it if still allowed
+				// Reserved, never recorded: record it if still allowed,
+				// judging the rollback of the run before it.
+				checkOnly = true
+				latestID = base
+				if n > 2 {
+					latestID = RunID(base, n-1)
+				}
 			case err != nil:
 				return Applied{}, err
 			case !finished(latest.State):
@@ -329,7 +335,10 @@ func btoi(b bool) int {
 // recordRun records and queues run n of base from p (left unchanged).
 func (c *Control) recordRun(ctx context.Context, base string, n int, p *plan.Plan, who string, now time.Time) (Applied, error) {
 	run := *p
-	run.ID, run.RunOf, run.Family = RunID(base, n), base, base
+	run.ID, run.RunOf = RunID(base, n), base
+	if run.Family == "" {
+		run.Family = base
+	}
 	a, err := c.apply(ctx, &run, who, now, false)
 	a.RunOf = base
 	if err == nil && a.Created {

@@ -504,6 +504,14 @@ func TestRunsAfterCompletion(t *testing.T) {
 	if _, err := b.Control().RetryFailed(ctx, p.ID, "test", time.Now()); err != nil {
 		t.Fatalf("retry after an abandoned reservation: %v", err)
 	}
+	// With run 9 abandoned, run 3 (the newest recorded) is the latest: it
+	// can be rolled back; run 2, older, cannot (the guard does not watch it).
+	if _, err := b.Control().PlanRollback(ctx, b.API, control.RunID(p.ID, 3)); err != nil {
+		t.Fatalf("rollback of the latest recorded run: %v", err)
+	}
+	if _, err := b.Control().PlanRollback(ctx, b.API, control.RunID(p.ID, 2)); err == nil || !contains(err.Error(), "can still be retried or rolled back") {
+		t.Fatalf("rollback of an older run: %v", err)
+	}
 }
 
 // TestRollbackStopsRunsOfItsBase: rolling back a repeating rollout stops its

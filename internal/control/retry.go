@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/store"
@@ -21,7 +22,7 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	if r.State == store.RolloutCancelled {
 		return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
 	}
-	if err := c.notLatestRun(ctx, "retry", r); err != nil {
+	if err := c.watched(ctx, "retry", r); err != nil {
 		return 0, err
 	}
 	if other, err := c.busy(ctx, baseOf(r), id); err != nil {
@@ -99,40 +100,60 @@ func baseOf(r *store.Rollout) string {
 	return r.ID
 }
 
-// notLatestRun refuses to work on a run other than its family's latest:
-// the family guard (busy) watches only the latest run and the rollbacks
-// of the base and of that run.
-func (c *Control) notLatestRun(ctx context.Context, cmd string, r *store.Rollout) error {
-	if r.Fields["run_of"] == "" {
-		return nil
+// family lists the rollouts the family guard watches for root: the root,
+// its latest run, and the rollbacks of both. The latest run is the newest
+// one recorded or being recorded; a reservation abandoned by a crash (no
+// record, no creation lease) is skipped, so it blocks nothing.
+func (c *Control) family(ctx context.Context, root string) ([]string, error) {
+	b, err := c.Store.Get(ctx, root)
+	if err != nil {
+		return nil, err
 	}
-	b, err := c.Store.Get(ctx, r.Fields["run_of"])
+	ids := []string{root, RollbackID(root)}
+	for n := atoi(b.Fields["runs"]); n >= 2; n-- {
+		run := RunID(root, n)
+		_, err := c.Store.Get(ctx, run)
+		if errors.Is(err, store.ErrNotFound) {
+			held, err := c.Store.Creating(ctx, run)
+			if err != nil {
+				return nil, err
+			}
+			if !held {
+				continue // abandoned reservation: the run before it is the latest
+			}
+		} else if err != nil {
+			return nil, err
+		}
+		return append(ids, run, RollbackID(run)), nil
+	}
+	return ids, nil
+}
+
+// watched refuses to retry or roll back a rollout the family guard does
+// not watch (an older run, the rollback of one, a rollback of a rollback):
+// it could then run beside a newer member on the same CVMs.
+func (c *Control) watched(ctx context.Context, cmd string, r *store.Rollout) error {
+	ids, err := c.family(ctx, baseOf(r))
 	if err != nil {
 		return err
 	}
-	if latest := RunID(b.ID, max(atoi(b.Fields["runs"]), 1)); latest != r.ID {
-		return fmt.Errorf("%s: %s is not the latest run of %s (%s is); only the latest run can be retried or rolled back", cmd, r.ID, b.ID, latest)
+	if !slices.Contains(ids, r.ID) {
+		return fmt.Errorf("%s: %s is not one of %v, the rollouts of its family that can still be retried or rolled back (the rollout, its latest run and their rollbacks)", cmd, r.ID, ids)
 	}
 	return nil
 }
 
-// busy is a rollout of base's family (the base, its latest run, its
-// rollback), other than self, that has not finished, or "". They are
-// separate rollouts with their own limits, so two of them working the same
-// CVMs at once would PATCH (and restart) a CVM twice: retry, rollback and
-// a new run each wait until the others have ended. A run whose number was
-// reserved but which is not recorded counts only while its creation lease
-// is held: a reservation abandoned by a crash blocks nothing.
-func (c *Control) busy(ctx context.Context, base, self string) (string, error) {
-	b, err := c.Store.Get(ctx, base)
+// busy is a rollout of root's family (see family), other than self, that
+// has not finished, or "". They are separate rollouts with their own
+// limits, so two of them working the same CVMs at once would PATCH (and
+// restart) a CVM twice: retry, rollback and a new run each wait until the
+// others have ended.
+func (c *Control) busy(ctx context.Context, root, self string) (string, error) {
+	ids, err := c.family(ctx, root)
 	if err != nil {
 		return "", err
 	}
-	family := []string{base, RollbackID(base)}
-	if n := atoi(b.Fields["runs"]); n >= 2 {
-		family = append(family, RunID(base, n), RollbackID(RunID(base, n)))
-	}
-	for _, id := range family {
+	for _, id := range ids {
 		if id == self {
 			continue
 		}

@@ -33,12 +33,20 @@ func (c *Control) ApplyRollback(ctx context.Context, p *plan.Plan, of, who strin
 	} else if stopped {
 		_ = c.Store.Event(ctx, root, now, who, "repeats stopped by the rollback of "+of)
 	}
+	orig, err := c.Store.Get(ctx, of)
+	if err != nil {
+		return Applied{}, err
+	}
+	if err := c.watched(ctx, "rollback", orig); err != nil {
+		return Applied{}, err
+	}
 	if other, err := c.busy(ctx, root, of); err != nil {
 		return Applied{}, err
 	} else if other != "" && other != p.ID {
 		return Applied{}, busyError("rollback", of, other)
 	}
-	a, err := c.Apply(ctx, p, who, now)
+	// Not Apply: a rollback gets no runs (retry --failed redoes one).
+	a, err := c.apply(ctx, p, who, now, false)
 	if err != nil {
 		return a, err
 	}
@@ -64,7 +72,10 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 	if orig.State == store.RolloutRunning || orig.State == store.RolloutScheduled {
 		return nil, fmt.Errorf("rollback: rollout %s is %s; pause or cancel it first", id, orig.State)
 	}
-	if err := c.notLatestRun(ctx, "rollback", orig); err != nil {
+	if orig.Fields["rollback_of"] != "" {
+		return nil, fmt.Errorf("rollback: %s is itself a rollback; to roll forward again, apply the file", id)
+	}
+	if err := c.watched(ctx, "rollback", orig); err != nil {
 		return nil, err
 	}
 	if other, err := c.busy(ctx, baseOf(orig), id); err != nil {
