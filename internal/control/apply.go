@@ -247,7 +247,8 @@ func (c *Control) reapply(ctx context.Context, p *plan.Plan, who string, now tim
 // controller (ARGV[3] = 1), the base still repeats (a cancel during the
 // re-plan wins).
 // KEYS[1] base hash, KEYS[2] the base's rollback hash, KEYS[3] the
-// repeating set, KEYS[4] the latest run's rollback hash. ARGV[1] runs
+// repeating set, KEYS[4] the latest run's rollback hash, KEYS[5] and
+// KEYS[6] the creation leases of those two rollbacks. ARGV[1] runs
 // seen, ARGV[2] the new run's id, ARGV[3] 1 to require repeating, ARGV[4]
 // the base's id, ARGV[5] 1 to check only (for a reserved, unrecorded run).
 // Returns 1 reserved, 0 the runs moved on (re-read), or the reason why not.
@@ -258,6 +259,7 @@ for _, k in ipairs({KEYS[2], KEYS[4]}) do
   local rb = redis.call('HMGET', k, 'state', 'ready')
   if rb[2] == '1' and rb[1] ~= 'completed' and rb[1] ~= 'cancelled' then return 'a rollback is ' .. rb[1] end
 end
+if redis.call('EXISTS', KEYS[5], KEYS[6]) > 0 then return 'a rollback is being recorded' end
 if ARGV[3] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
   return 'it no longer repeats'
 end
@@ -302,7 +304,8 @@ func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who st
 			}
 		}
 		res, err := reserveRunScript.Run(ctx, c.Store.Redis(),
-			[]string{store.RolloutKey(base), store.RolloutKey(RollbackID(base)), store.RepeatingKey, store.RolloutKey(RollbackID(latestID))},
+			[]string{store.RolloutKey(base), store.RolloutKey(RollbackID(base)), store.RepeatingKey, store.RolloutKey(RollbackID(latestID)),
+				store.CreatingKey(RollbackID(base)), store.CreatingKey(RollbackID(latestID))},
 			n, RunID(base, n+1), btoi(repeat), base, btoi(checkOnly)).Result()
 		if err != nil {
 			return Applied{}, err

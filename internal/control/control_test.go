@@ -563,4 +563,13 @@ func TestRollbackStopsRunsOfItsBase(t *testing.T) {
 	if _, err := b.Store.Get(ctx, control.RunID(p.ID, 2)); err == nil {
 		t.Fatal("the reserved run was recorded while the rollback goes")
 	}
+	// Nor while a rollback is being recorded: its record not written yet,
+	// its creation lease held.
+	b.RDB.Del(ctx, store.RolloutKey(control.RollbackID(p.ID)))
+	if err := b.RDB.Set(ctx, store.CreatingKey(control.RollbackID(p.ID)), "x", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "a rollback is being recorded") {
+		t.Fatalf("apply while a rollback is being recorded: %+v %v", a, err)
+	}
 }
