@@ -283,20 +283,15 @@ func (c *Control) nextRun(ctx context.Context, base string, p *plan.Plan, who st
 			return Applied{}, err
 		}
 		n := max(atoi(b.Fields["runs"]), 1)
-		latestID := base
+		latestID := runOrBase(base, n)
 		checkOnly := false
 		if n > 1 {
-			latestID = RunID(base, n)
 			latest, err := c.Store.Get(ctx, latestID)
 			switch {
 			case errors.Is(err, store.ErrNotFound):
 				// Reserved, never recorded: record it if still allowed,
 				// judging the rollback of the run before it.
-				checkOnly = true
-				latestID = base
-				if n > 2 {
-					latestID = RunID(base, n-1)
-				}
+				checkOnly, latestID = true, runOrBase(base, n-1)
 			case err != nil:
 				return Applied{}, err
 			case !finished(latest.State):

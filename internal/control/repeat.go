@@ -47,11 +47,7 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 		return nil // a run starts only from a completed base (not one retried back to running)
 	}
 	n := max(atoi(b.Fields["runs"]), 1)
-	latest := base
-	if n > 1 {
-		latest = RunID(base, n)
-	}
-	r, err := c.Store.Get(ctx, latest)
+	r, err := c.Store.Get(ctx, runOrBase(base, n))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		// Run n was reserved but not recorded (a crash in between):
@@ -88,6 +84,14 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 
 // RunID names run n (n >= 2) of a repeating rollout; run 1 is the rollout itself.
 func RunID(base string, n int) string { return base + "-run" + strconv.Itoa(n) }
+
+// runOrBase is run n of base, where run 1 is base itself.
+func runOrBase(base string, n int) string {
+	if n > 1 {
+		return RunID(base, n)
+	}
+	return base
+}
 
 func finished(state string) bool {
 	return state == store.RolloutCompleted || state == store.RolloutCancelled
