@@ -97,7 +97,7 @@ func cvmIDs(n int) []string {
 // apply records p and queues its tasks, as `rollout apply` does.
 func (b *runner) apply(ctx context.Context, p *plan.Plan) (control.Applied, error) {
 	c := control.New(b.rdb)
-	a, err := c.Apply(ctx, p, "bench", time.Now())
+	a, err := c.Apply(ctx, p, "bench", time.Now(), control.ApplyOptions{})
 	if err == nil && a.Queued != len(p.Items) {
 		err = fmt.Errorf("apply queued %d tasks, want %d", a.Queued, len(p.Items))
 	}

@@ -29,7 +29,7 @@ func (b *runner) status(ctx context.Context) ([]Row, error) {
 	sizes := []int{small, n}
 	for _, size := range sizes {
 		nr := store.NewRollout{ID: statusID(size), Name: "bench-status", Spec: string(spec), SpecHash: f.Hash(), CreatedBy: "bench",
-			State: store.RolloutRunning, Stages: []string{"all"}}
+			State: store.RolloutRunning, Stages: []store.NewStage{{Name: "all"}}, AllowOverlap: true}
 		for i, cvm := range cvmIDs(size) {
 			nr.CVMs = append(nr.CVMs, store.NewCVM{ID: cvm, Name: fmt.Sprintf("prod-web-%06d", i+1), State: store.Pending})
 		}

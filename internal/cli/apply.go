@@ -5,14 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/user"
+	"slices"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/redis/go-redis/v9"
 )
 
 func runApply(ctx context.Context, e *Env, args []string) error {
@@ -24,6 +25,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
 	planHash := fs.String("plan-hash", "", "apply only if a fresh plan has this plan_hash (from `plan`): refuse if the fleet changed since")
+	overlap := fs.Bool("allow-overlap", false, "skip the selected CVMs that another active rollout holds, instead of refusing")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
@@ -50,7 +52,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 			return err
 		}
 	}
-	a, err := applyPlan(ctx, rdb, p, whoAmI())
+	a, err := control.New(rdb).Apply(ctx, p, whoAmI(), time.Now(), control.ApplyOptions{AllowOverlap: *overlap})
 	if err != nil {
 		return err
 	}
@@ -63,6 +65,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	}
 	if *out == "table" {
 		printApplied(e.Stdout, a, p.Counts[plan.Patch])
+		printOverlap(e.Stdout, a.Overlap)
 	}
 	if !*wait {
 		return nil
@@ -98,11 +101,6 @@ func printApplied(w io.Writer, a control.Applied, toPatch int) {
 	fmt.Fprintf(w, "Workers (`worker`) carry it out; `rollout status %s --watch` follows it.\n", a.ID)
 }
 
-func applyPlan(ctx context.Context, rdb redis.UniversalClient, p *plan.Plan, who string) (control.Applied, error) {
-	c := control.New(rdb)
-	return c.Apply(ctx, p, who, time.Now())
-}
-
 func whoAmI() string {
 	name := "unknown"
 	if u, err := user.Current(); err == nil {
@@ -112,7 +110,9 @@ func whoAmI() string {
 	return name + "@" + host
 }
 
-func retryFailed(ctx context.Context, rdb redis.UniversalClient, id string) (int, error) {
-	c := control.New(rdb)
-	return c.RetryFailed(ctx, id, whoAmI(), time.Now())
+// printOverlap says which CVMs --allow-overlap left to other rollouts.
+func printOverlap(w io.Writer, overlap map[string]int) {
+	for _, o := range slices.Sorted(maps.Keys(overlap)) {
+		fmt.Fprintf(w, "Skipped %d CVMs held by active rollout %s (--allow-overlap).\n", overlap[o], o)
+	}
 }

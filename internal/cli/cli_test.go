@@ -343,7 +343,7 @@ func TestOperatorCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"applied (running): 29 to patch", "pause (running -> paused)", "resume (paused -> running)",
-		"stage 1 promoted", "stage 2 (", "completed", "retry --failed: 1 failed CVMs re-queued", "completed", "rollback recorded as " + p.ID + "-rollback"}
+		"stage 1 promoted", "stage 2 (", "completed", "retry --failed: 1 failed CVMs to queue again", "completed", "rollback recorded as " + p.ID + "-rollback"}
 	i := 0
 	for _, ev := range evs {
 		if i < len(want) && strings.HasPrefix(ev.What, want[i]) {
@@ -367,7 +367,7 @@ func TestOperatorCommands(t *testing.T) {
 	}
 }
 
-func waitCount(t *testing.T, b *testutil.Bundle, id, state string, want int) {
+func waitCount(t *testing.T, b *testutil.Bundle, id string, state store.CVMState, want int) {
 	t.Helper()
 	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if r, err := b.Store.Get(context.Background(), id); err == nil && r.Counts[state] == want {
@@ -469,7 +469,7 @@ func TestReapplyEndedRollout(t *testing.T) {
 	}
 
 	// A cancelled rollout does not start again.
-	cfile := testutil.WriteFile(t, fmt.Sprintf("name: stopped\nselector: {all: true}\ntarget: {kms_urls: [%q]}\nschedule: {start_at: 2099-01-01T00:00:00Z}\n", newKMS))
+	cfile := testutil.WriteFile(t, "name: stopped\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-stopped.example:8000\"]}\nschedule: {start_at: 2099-01-01T00:00:00Z}\n")
 	mustRun(t, b, "apply", "-f", cfile, "--yes")
 	var c plan.Plan
 	if err := json.Unmarshal([]byte(mustRun(t, b, "plan", "-f", cfile, "-o", "json")), &c); err != nil {

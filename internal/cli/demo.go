@@ -10,6 +10,7 @@ import (
 
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/store"
@@ -99,7 +100,7 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	printPlan(e.Stdout, p, 5)
 	planned := time.Since(start)
 
-	a, err := applyPlan(ctx, rdb, p, "demo")
+	a, err := control.New(rdb).Apply(ctx, p, "demo", time.Now(), control.ApplyOptions{})
 	if err != nil {
 		return err
 	}

@@ -7,12 +7,12 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/control"
-	"github.com/phalafleet/rollout/internal/store"
 )
 
 // opFlags parses an operator command's flags and its rollout id, and opens
-// Redis. extra registers the command's own flags.
-func opFlags(ctx context.Context, e *Env, name string, args []string, extra func(*flag.FlagSet)) (string, *store.Store, func(), error) {
+// Redis. extra registers the command's own flags. The commands below hold
+// no rules of their own: each is one control operation.
+func opFlags(ctx context.Context, e *Env, name string, args []string, extra func(*flag.FlagSet)) (string, *control.Control, func(), error) {
 	c := newRedisCmd(name)
 	if extra != nil {
 		extra(c.fs)
@@ -21,67 +21,44 @@ func opFlags(ctx context.Context, e *Env, name string, args []string, extra func
 	if err != nil {
 		return "", nil, nil, err
 	}
-	return pos[0], st, done, nil
+	return pos[0], control.New(st.Redis()), done, nil
 }
 
-// setState is pause, resume and cancel: a compare-and-set on the rollout's
-// state, so two operators racing get one clear answer each.
-func setState(ctx context.Context, e *Env, st *store.Store, name, id, reason, to string, from ...string) (changed bool, cur string, err error) {
-	why := reason
-	if why == "" {
-		why = map[string]string{"pause": "paused", "cancel": "cancelled"}[name] + " by " + whoAmI()
+// reportChange prints what a state command did.
+func reportChange(e *Env, ch control.Changed) {
+	if ch.From == ch.To {
+		fmt.Fprintf(e.Stdout, "rollout %s is already %s\n", ch.ID, ch.To)
+		return
 	}
-	if to == store.RolloutRunning {
-		why = ""
-	}
-	cur, ok, err := st.SetState(ctx, id, to, why, time.Now(), from...)
-	if err != nil {
-		return false, cur, err
-	}
-	if ok {
-		what := fmt.Sprintf("%s (%s -> %s)", name, cur, to)
-		if reason != "" {
-			what += ": " + reason
-		}
-		_ = st.Event(ctx, id, time.Now(), whoAmI(), what)
-		fmt.Fprintf(e.Stdout, "rollout %s: %s -> %s\n", id, cur, to)
-	} else if cur == to {
-		fmt.Fprintf(e.Stdout, "rollout %s is already %s\n", id, to)
-	}
-	return ok, cur, nil
+	fmt.Fprintf(e.Stdout, "rollout %s: %s -> %s\n", ch.ID, ch.From, ch.To)
 }
 
 func runPause(ctx context.Context, e *Env, args []string) error {
 	var reason string
-	id, st, done, err := opFlags(ctx, e, "pause", args, func(fs *flag.FlagSet) { fs.StringVar(&reason, "reason", "", "why (shown in status)") })
+	id, c, done, err := opFlags(ctx, e, "pause", args, func(fs *flag.FlagSet) { fs.StringVar(&reason, "reason", "", "why (shown in status)") })
 	if err != nil {
 		return err
 	}
 	defer done()
-	ok, cur, err := setState(ctx, e, st, "pause", id, reason, store.RolloutPaused, store.RolloutRunning, store.RolloutScheduled)
-	if err == nil && !ok && cur != store.RolloutPaused {
-		err = fmt.Errorf("pause: rollout %s is %s", id, cur)
+	ch, err := c.Pause(ctx, id, whoAmI(), reason, time.Now())
+	if err == nil {
+		reportChange(e, ch)
 	}
 	return err
 }
 
 func runResume(ctx context.Context, e *Env, args []string) error {
 	maxFailed := -1
-	id, st, done, err := opFlags(ctx, e, "resume", args, func(fs *flag.FlagSet) {
-		fs.IntVar(&maxFailed, "max-failed", -1, "raise the failure budget to this many failures before resuming")
+	id, c, done, err := opFlags(ctx, e, "resume", args, func(fs *flag.FlagSet) {
+		fs.IntVar(&maxFailed, "max-failed", -1, "raise the failure budget to this many failures (with the resume, only if it goes ahead)")
 	})
 	if err != nil {
 		return err
 	}
 	defer done()
-	if maxFailed >= 0 {
-		if err := st.SetFields(ctx, id, "budget_max_failed", maxFailed); err != nil {
-			return err
-		}
-	}
-	ok, cur, err := setState(ctx, e, st, "resume", id, "", store.RolloutRunning, store.RolloutPaused)
-	if err == nil && !ok && cur != store.RolloutRunning {
-		err = fmt.Errorf("resume: rollout %s is %s", id, cur)
+	ch, err := c.Resume(ctx, id, whoAmI(), maxFailed, time.Now())
+	if err == nil {
+		reportChange(e, ch)
 	}
 	return err
 }
@@ -90,35 +67,31 @@ func runResume(ctx context.Context, e *Env, args []string) error {
 // repeats, even once its last run has completed.
 func runCancel(ctx context.Context, e *Env, args []string) error {
 	var reason string
-	id, st, done, err := opFlags(ctx, e, "cancel", args, func(fs *flag.FlagSet) { fs.StringVar(&reason, "reason", "", "why (shown in status)") })
+	id, c, done, err := opFlags(ctx, e, "cancel", args, func(fs *flag.FlagSet) { fs.StringVar(&reason, "reason", "", "why (shown in status)") })
 	if err != nil {
 		return err
 	}
 	defer done()
-	ok, cur, err := setState(ctx, e, st, "cancel", id, reason, store.RolloutCancelled, store.RolloutRunning, store.RolloutPaused, store.RolloutScheduled)
+	ch, err := c.Cancel(ctx, id, whoAmI(), reason, time.Now())
 	if err != nil {
 		return err
 	}
-	stopped, err := st.StopRepeating(ctx, id)
-	if err != nil {
-		return err
+	if ch.From != ch.To || !ch.RepeatsStopped {
+		reportChange(e, ch)
 	}
-	if stopped {
+	if ch.RepeatsStopped {
 		fmt.Fprintf(e.Stdout, "rollout %s: repeats stopped\n", id)
-	}
-	if !ok && !stopped && cur != store.RolloutCancelled {
-		return fmt.Errorf("cancel: rollout %s is %s", id, cur)
 	}
 	return nil
 }
 
 func runPromote(ctx context.Context, e *Env, args []string) error {
-	id, st, done, err := opFlags(ctx, e, "promote", args, nil)
+	id, c, done, err := opFlags(ctx, e, "promote", args, nil)
 	if err != nil {
 		return err
 	}
 	defer done()
-	r, err := (&control.Control{Store: st}).Promote(ctx, id, whoAmI(), time.Now())
+	r, err := c.Promote(ctx, id, whoAmI(), time.Now())
 	if err != nil {
 		return err
 	}
@@ -128,7 +101,7 @@ func runPromote(ctx context.Context, e *Env, args []string) error {
 
 func runRetry(ctx context.Context, e *Env, args []string) error {
 	var failed bool
-	id, st, done, err := opFlags(ctx, e, "retry", args, func(fs *flag.FlagSet) {
+	id, c, done, err := opFlags(ctx, e, "retry", args, func(fs *flag.FlagSet) {
 		fs.BoolVar(&failed, "failed", false, "re-queue the failed CVMs (required: the only kind retry takes)")
 	})
 	if err != nil {
@@ -138,7 +111,7 @@ func runRetry(ctx context.Context, e *Env, args []string) error {
 	if !failed {
 		return fmt.Errorf("retry: say which CVMs: --failed")
 	}
-	n, err := retryFailed(ctx, st.Redis(), id)
+	n, err := c.RetryFailed(ctx, id, whoAmI(), time.Now())
 	if err != nil {
 		return err
 	}

@@ -75,18 +75,14 @@ type Status struct {
 
 func statusJSON(r *store.Rollout) Status { return Status{Rollout: r, Done: done(r.Counts)} }
 
-func done(c map[string]int) int {
+func done(c map[store.CVMState]int) int {
 	n := 0
 	for st, v := range c {
-		if store.Terminal(st) {
+		if st.Terminal() {
 			n += v
 		}
 	}
 	return n
-}
-
-func finished(state string) bool {
-	return state == store.RolloutCompleted || state == store.RolloutCancelled
 }
 
 // outcome is the exit status of a watched rollout: an error line unless it
@@ -119,7 +115,7 @@ func watch(ctx context.Context, e *Env, st *store.Store, id string, print, until
 			fmt.Fprintln(e.Stdout, time.Now().Format("15:04:05")+"  "+line)
 			last = line
 		}
-		if finished(r.State) || untilPaused && r.State == store.RolloutPaused {
+		if r.State.Finished() || untilPaused && r.State == store.RolloutPaused {
 			if print {
 				fmt.Fprintln(e.Stdout)
 				printStatus(e.Stdout, r)
@@ -154,21 +150,20 @@ func printStatus(w io.Writer, r *store.Rollout) {
 		fmt.Fprintf(w, "Reason:   %s\n", r.Reason)
 	}
 	fmt.Fprintf(w, "Created:  %s by %s\n", r.CreatedAt.Local().Format(time.RFC3339), r.CreatedBy)
-	if b := r.Fields["budget_max_failed"]; b != "" {
-		n, _ := strconv.Atoi(b)
-		fmt.Fprintf(w, "Budget:   %s after %d failures (once %s CVMs executed)\n", tripVerb(r.Fields["budget_action"]), n+1, dash(r.Fields["budget_min_executed"]))
+	if b := r.Budget; b != nil {
+		fmt.Fprintf(w, "Budget:   %s after %d failures (once %d CVMs executed)\n", tripVerb(string(b.Action)), b.MaxFailed+1, b.MinExecuted)
 	}
 	fmt.Fprintf(w, "Progress: %d/%d CVMs done\n\n", done(r.Counts), r.Total)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "STAGE\tSIZE\t")
 	for _, s := range store.CVMStates {
-		fmt.Fprintf(tw, "%s\t", strings.ToUpper(s))
+		fmt.Fprintf(tw, "%s\t", strings.ToUpper(string(s)))
 	}
 	fmt.Fprintln(tw)
 	if len(r.Stages) > 1 {
 		for _, s := range r.Stages {
 			mark := ""
-			if s.Index == r.Stage && !finished(r.State) {
+			if s.Index == r.Stage && !r.State.Finished() {
 				mark = "> "
 			}
 			fmt.Fprintf(tw, "%s%d %s\t%d\t", mark, s.Index+1, s.Name, s.Size)
@@ -232,8 +227,12 @@ func runReport(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer closeRedis()
-	if *state != "" && !slices.Contains(store.CVMStates, *state) {
-		return fmt.Errorf("report: --state %s: expected one of %s", *state, strings.Join(store.CVMStates, ", "))
+	if *state != "" && !slices.Contains(store.CVMStates, store.CVMState(*state)) {
+		names := make([]string, len(store.CVMStates))
+		for i, s := range store.CVMStates {
+			names[i] = string(s)
+		}
+		return fmt.Errorf("report: --state %s: expected one of %s", *state, strings.Join(names, ", "))
 	}
 	r, err := st.Get(ctx, pos[0])
 	if err != nil {
@@ -248,7 +247,7 @@ func runReport(ctx context.Context, e *Env, args []string) error {
 // own). CSV and JSON always have both.
 func urlColumns(r *store.Rollout) (kms, gw bool) {
 	spec, err := control.Spec(r)
-	if err != nil || r.Fields["own_targets"] == "1" {
+	if err != nil || r.OwnTargets {
 		return true, true
 	}
 	kms, gw = spec.Target.KMS() != nil, spec.Target.Gateway() != nil
@@ -262,7 +261,7 @@ var reportHeader = []string{"cvm_id", "name", "stage", "state", "reason", "attem
 	"applied_kms_urls", "applied_gateway_urls", "http_status", "started_at", "finished_at", "worker"}
 
 func writeReport(ctx context.Context, w io.Writer, st *store.Store, id, format, only string, kms, gw bool) error {
-	keep := func(r store.CVMRecord) bool { return only == "" || r.State == only }
+	keep := func(r store.CVMRecord) bool { return only == "" || string(r.State) == only }
 	switch format {
 	case "json":
 		var rows []store.CVMRecord
@@ -332,7 +331,7 @@ func reportRow(r store.CVMRecord) []string {
 	if r.HTTPStatus != 0 {
 		status = strconv.Itoa(r.HTTPStatus)
 	}
-	return []string{r.CVMID, r.Name, stage, r.State, r.Reason, strconv.Itoa(r.Attempts),
+	return []string{r.CVMID, r.Name, stage, string(r.State), r.Reason, strconv.Itoa(r.Attempts),
 		strings.Join(r.PrevKMS, " "), strings.Join(r.PrevGW, " "), strings.Join(r.AppliedKMS, " "), strings.Join(r.AppliedGW, " "),
 		status, ts(r.StartedAt), ts(r.FinishedAt), r.Worker}
 }

@@ -57,7 +57,7 @@ func accountedFor(t *testing.T, b *testutil.Bundle, p *plan.Plan) map[string]sto
 	if sum != r.Total || r.Total != len(p.Items) {
 		t.Fatalf("counts %v add up to %d, total %d", r.Counts, sum, r.Total)
 	}
-	counted := map[string]int{}
+	counted := map[store.CVMState]int{}
 	for _, rec := range recs {
 		counted[rec.State]++
 	}
@@ -142,7 +142,7 @@ func TestFailureBudgetTripsAtExactCount(t *testing.T) {
 			p := b.Apply(t, head+"failure_budget: "+c.budget+"\n")
 			ctx := context.Background()
 			for i, o := range c.outcomes {
-				to := map[rune]string{'f': store.Failed, 's': store.Succeeded, 'k': store.Skipped}[o]
+				to := map[rune]store.CVMState{'f': store.Failed, 's': store.Succeeded, 'k': store.Skipped}[o]
 				cvm := p.Items[i].CVMID
 				if _, err := b.Store.Move(ctx, p.ID, cvm, store.Running, store.ModeBegin, time.Now()); err != nil {
 					t.Fatal(err)
@@ -163,7 +163,7 @@ func TestFailureBudgetTripsAtExactCount(t *testing.T) {
 						t.Fatalf("after the trip: %s (%s)", r.State, r.Reason)
 					}
 					evs, err := b.Store.Events(ctx, p.ID, 1)
-					if err != nil || len(evs) != 1 || evs[0].By != "failure-budget" || !contains(evs[0].What, "rollout "+want) ||
+					if err != nil || len(evs) != 1 || evs[0].By != "failure-budget" || !contains(evs[0].What, "rollout "+string(want)) ||
 						time.Since(evs[0].At) > time.Minute {
 						t.Fatalf("the trip is not in the audit trail: %+v %v", evs, err)
 					}
@@ -184,8 +184,8 @@ func TestPauseStopsDispatchAndResumeFinishes(t *testing.T) {
 		p := b.Apply(t, head)
 		b.Workers(t, 1, 3)
 		waitFor(t, time.Minute, "some progress", func() bool { return get(t, b, p.ID).Counts[store.Succeeded] >= 3 })
-		if _, ok, err := b.Store.SetState(context.Background(), p.ID, store.RolloutPaused, "test", time.Now(), store.RolloutRunning); err != nil || !ok {
-			t.Fatal(ok, err)
+		if _, err := b.Store.Pause(context.Background(), p.ID, "test", "", time.Now()); err != nil {
+			t.Fatal(err)
 		}
 		pausedAt := time.Now()
 		time.Sleep(2 * time.Minute)
@@ -206,8 +206,8 @@ func TestPauseStopsDispatchAndResumeFinishes(t *testing.T) {
 		if b.Sim.Stats().Patches != patches {
 			t.Fatal("PATCHes went on while paused")
 		}
-		if _, ok, err := b.Store.SetState(context.Background(), p.ID, store.RolloutRunning, "", time.Now(), store.RolloutPaused); err != nil || !ok {
-			t.Fatal(ok, err)
+		if _, err := b.Store.Resume(context.Background(), p.ID, "test", -1, time.Now()); err != nil {
+			t.Fatal(err)
 		}
 		b.WaitState(t, p.ID, time.Hour, store.RolloutCompleted)
 		for id, rec := range accountedFor(t, b, p) {
@@ -225,8 +225,8 @@ func TestCancelAccountsForEveryCVM(t *testing.T) {
 		p := b.Apply(t, head+"stages: [4, \"100%\"]\n")
 		b.Workers(t, 1, 2)
 		waitFor(t, time.Minute, "stage 2", func() bool { return get(t, b, p.ID).Stage == 1 && get(t, b, p.ID).Counts[store.Succeeded] >= 6 })
-		if _, ok, err := b.Store.SetState(context.Background(), p.ID, store.RolloutCancelled, "test", time.Now(), store.RolloutRunning); err != nil || !ok {
-			t.Fatal(ok, err)
+		if _, _, err := b.Store.Cancel(context.Background(), p.ID, "test", "", time.Now()); err != nil {
+			t.Fatal(err)
 		}
 		waitFor(t, 10*time.Minute, "cancel to settle", func() bool {
 			r := get(t, b, p.ID)
@@ -339,8 +339,8 @@ func TestRepeatReconcilesDrift(t *testing.T) {
 		if _, err := b.Store.Get(context.Background(), control.RunID(p.ID, 3)); err == nil {
 			t.Fatal("an empty run 3 was recorded")
 		}
-		if base := get(t, b, p.ID); !strings.Contains(base.Fields["last_check"], "no drift") {
-			t.Fatalf("last check: %q", base.Fields["last_check"])
+		if base := get(t, b, p.ID); !strings.Contains(base.LastCheck, "no drift") {
+			t.Fatalf("last check: %q", base.LastCheck)
 		}
 	})
 }
@@ -362,7 +362,7 @@ func TestApplyAfterPlannerCrash(t *testing.T) {
 	}
 	// Crash 1: killed while writing records: the hash exists without
 	// "ready", some CVM records are missing, nothing is queued.
-	if _, err := b.Control().Apply(ctx, p, "t", time.Now()); err != nil {
+	if _, err := b.Control().Apply(ctx, p, "t", time.Now(), control.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	rdb := b.RDB
@@ -375,7 +375,7 @@ func TestApplyAfterPlannerCrash(t *testing.T) {
 		rdb.HSet(ctx, store.CVMKey(p.ID, it.CVMID), "state", "pending", "stage", 0)
 	}
 	rdb.HSet(ctx, store.RolloutKey(p.ID), "id", p.ID, "state", "running")
-	a, err := b.Control().Apply(ctx, p, "t", time.Now())
+	a, err := b.Control().Apply(ctx, p, "t", time.Now(), control.ApplyOptions{})
 	if err != nil || !a.Created || a.Queued != len(p.Items) {
 		t.Fatalf("re-apply after a crash mid-write: %+v, %v", a, err)
 	}
@@ -385,11 +385,11 @@ func TestApplyAfterPlannerCrash(t *testing.T) {
 	keys, _ := rdb.Keys(ctx, "asynq:*").Result()
 	rdb.Del(ctx, keys...)
 	rdb.HSet(ctx, store.RolloutKey(p.ID), "dispatched", -1)
-	a, err = b.Control().Apply(ctx, p, "t", time.Now())
+	a, err = b.Control().Apply(ctx, p, "t", time.Now(), control.ApplyOptions{})
 	if err != nil || a.Created || a.Queued != len(p.Items) {
 		t.Fatalf("apply after a crash before queueing: %+v, %v", a, err)
 	}
-	a, err = b.Control().Apply(ctx, p, "t", time.Now())
+	a, err = b.Control().Apply(ctx, p, "t", time.Now(), control.ApplyOptions{})
 	if err != nil || a.Created || a.Queued != 0 {
 		t.Fatalf("a further apply queued again: %+v, %v", a, err)
 	}
@@ -413,7 +413,10 @@ func TestReapplyAfterRetryQueuesNothingTwice(t *testing.T) {
 	ctx := context.Background()
 	p := b.Apply(t, head)
 	failed := p.Items[2].CVMID
-	for _, m := range []struct{ to, mode string }{{store.Running, store.ModeBegin}, {store.Failed, store.ModeFinish}} {
+	for _, m := range []struct {
+		to   store.CVMState
+		mode store.Mode
+	}{{store.Running, store.ModeBegin}, {store.Failed, store.ModeFinish}} {
 		if _, err := b.Store.Move(ctx, p.ID, failed, m.to, m.mode, time.Now(), "reason", "t"); err != nil {
 			t.Fatal(err)
 		}
@@ -426,7 +429,7 @@ func TestReapplyAfterRetryQueuesNothingTwice(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("retry: %d %v", n, err)
 	}
-	a, err := b.Control().Apply(ctx, p, "t", time.Now())
+	a, err := b.Control().Apply(ctx, p, "t", time.Now(), control.ApplyOptions{})
 	if err != nil || a.Queued != 0 {
 		t.Fatalf("re-apply after retry queued %d (%v)", a.Queued, err)
 	}
@@ -459,11 +462,12 @@ func TestRunsAfterCompletion(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return b.Control().Apply(ctx, q, "test", at)
+		return b.Control().Apply(ctx, q, "test", at, control.ApplyOptions{})
 	}
 	b.Sim.SetConfig(p.Items[1].CVMID, []string{"https://kms-drift.example:8000"}, nil)
-	// The crash window: run 2 reserved on the base, never recorded.
-	if err := b.Store.SetFields(ctx, p.ID, "runs", 2, "latest_run", control.RunID(p.ID, 2)); err != nil {
+	// The crash window: run 2 reserved on the base, never recorded (its
+	// reservation's lease ran out).
+	if err := b.RDB.HSet(ctx, store.RolloutKey(p.ID), "runs", 2, "latest_run", control.RunID(p.ID, 2)).Err(); err != nil {
 		t.Fatal(err)
 	}
 	a, err := replan(time.Now())
@@ -475,8 +479,8 @@ func TestRunsAfterCompletion(t *testing.T) {
 	if a, err = replan(time.Now()); err != nil || a.ID != control.RunID(p.ID, 3) || !a.Created {
 		t.Fatalf("next apply: %+v %v, want run 3", a, err)
 	}
-	if r := get(t, b, p.ID); r.Fields["runs"] != "3" || r.Fields["latest_run"] != a.ID {
-		t.Fatalf("base fields %v", r.Fields)
+	if r := get(t, b, p.ID); r.Runs != 3 || r.LatestRun != a.ID {
+		t.Fatalf("base runs %d, latest %s", r.Runs, r.LatestRun)
 	}
 	b.WaitState(t, a.ID, 30*time.Second, store.RolloutCompleted)
 	b.Sim.SetConfig(p.Items[3].CVMID, []string{"https://kms-drift.example:8000"}, nil)
@@ -487,13 +491,14 @@ func TestRunsAfterCompletion(t *testing.T) {
 	// creation lease held), the base's retry and rollback refuse: they
 	// would work its CVMs twice at once. A reservation abandoned by a crash
 	// (no lease) blocks nothing.
-	if err := b.Store.SetFields(ctx, p.ID, "runs", 9); err != nil {
+	if err := b.RDB.HSet(ctx, store.RolloutKey(p.ID), "runs", 9).Err(); err != nil {
 		t.Fatal(err)
 	}
 	lease := store.CreatingKey(control.RunID(p.ID, 9))
 	if err := b.RDB.Set(ctx, lease, "x", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
+	b.RDB.SAdd(ctx, store.GoingKey(p.ID), control.RunID(p.ID, 9)) // as ReserveRun does
 	if _, err := b.Control().RetryFailed(ctx, p.ID, "test", time.Now()); err == nil || !contains(err.Error(), "is still going") {
 		t.Fatalf("retry of the base during a run: %v", err)
 	}
@@ -549,15 +554,15 @@ func TestRollbackStopsRunsOfItsBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "a rollback is running") {
+	if a, err := b.Control().Apply(ctx, q, "test", time.Now(), control.ApplyOptions{}); err == nil || !contains(err.Error(), control.RollbackID(p.ID)+" is going") {
 		t.Fatalf("apply during the rollback: %+v %v", a, err)
 	}
 	// Nor does a run whose number a crashed process reserved but never
 	// recorded: it is recorded only under the same checks.
-	if err := b.Store.SetFields(ctx, p.ID, "runs", 2); err != nil {
+	if err := b.RDB.HSet(ctx, store.RolloutKey(p.ID), "runs", 2).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "a rollback is running") {
+	if a, err := b.Control().Apply(ctx, q, "test", time.Now(), control.ApplyOptions{}); err == nil || !contains(err.Error(), control.RollbackID(p.ID)+" is going") {
 		t.Fatalf("apply with a reserved run during the rollback: %+v %v", a, err)
 	}
 	if _, err := b.Store.Get(ctx, control.RunID(p.ID, 2)); err == nil {
@@ -569,7 +574,8 @@ func TestRollbackStopsRunsOfItsBase(t *testing.T) {
 	if err := b.RDB.Set(ctx, store.CreatingKey(control.RollbackID(p.ID)), "x", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := b.Control().Apply(ctx, q, "test", time.Now()); err == nil || !contains(err.Error(), "a rollback is being recorded") {
+	b.RDB.SAdd(ctx, store.GoingKey(p.ID), control.RollbackID(p.ID)) // as Create does
+	if a, err := b.Control().Apply(ctx, q, "test", time.Now(), control.ApplyOptions{}); err == nil || !contains(err.Error(), control.RollbackID(p.ID)+" is going") {
 		t.Fatalf("apply while a rollback is being recorded: %+v %v", a, err)
 	}
 }

@@ -7,13 +7,11 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/redis/go-redis/v9"
 )
 
 // Controller drives every active rollout forward: it dispatches the next
@@ -43,14 +41,16 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if ok, err := c.lead(ctx); err == nil && ok {
+		if ok, err := c.Store.Lead(ctx, c.Owner, lockTTL); err == nil && ok {
 			if err := c.leadingTick(ctx); err != nil && ctx.Err() == nil {
 				c.log().Warn("controller tick", "err", err)
 			}
 		}
 		select {
 		case <-ctx.Done():
-			c.release()
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = c.Store.Unlead(rctx, c.Owner)
+			cancel()
 			return
 		case <-t.C:
 		}
@@ -75,7 +75,7 @@ func (c *Controller) leadingTick(ctx context.Context) error {
 			case <-done:
 				return
 			case <-t.C:
-				if ok, err := c.lead(tctx); err != nil || !ok {
+				if ok, err := c.Store.Lead(tctx, c.Owner, lockTTL); err != nil || !ok {
 					cancel()
 					return
 				}
@@ -83,36 +83,6 @@ func (c *Controller) leadingTick(ctx context.Context) error {
 		}
 	})
 	return c.Tick(tctx, time.Now())
-}
-
-// leadScript takes the controller lock, or renews it if this process holds
-// it, atomically. KEYS[1] lock; ARGV owner, ttl (ms). Returns 1 if held.
-var leadScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-`)
-
-// lead takes or renews the controller lock.
-func (c *Controller) lead(ctx context.Context) (bool, error) {
-	n, err := leadScript.Run(ctx, c.Store.Redis(), []string{store.ControllerLockKey}, c.Owner, lockTTL.Milliseconds()).Int()
-	return n == 1, err
-}
-
-func (c *Controller) release() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	rdb := c.Store.Redis()
-	if owner, _ := rdb.Get(ctx, store.ControllerLockKey).Result(); owner == c.Owner {
-		rdb.Del(ctx, store.ControllerLockKey)
-	}
 }
 
 // Tick drives each active rollout one step at time now.
@@ -143,7 +113,8 @@ func (c *Controller) Tick(ctx context.Context, now time.Time) error {
 func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 	r, err := c.Store.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return c.Store.Finished(ctx, id)
+		_, err := c.Store.Settle(ctx, id) // an apply that died before ready
+		return err
 	} else if err != nil {
 		return err
 	}
@@ -157,7 +128,8 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 	}
 	switch r.State {
 	case store.RolloutCompleted:
-		return c.Store.Finished(ctx, id)
+		_, err := c.Store.Settle(ctx, id)
+		return err
 	case store.RolloutCancelled:
 		return c.finishCancel(ctx, r, now)
 	}
@@ -165,16 +137,28 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	switch r.State {
-	case store.RolloutScheduled, store.RolloutRunning, store.RolloutPaused:
-		if moved, err := c.schedule(ctx, r, spec, now); err != nil || moved {
+	if moved, err := c.schedule(ctx, r, spec, now); err != nil || moved {
+		return err
+	}
+	if r.Gen > r.Requeued {
+		// A retry --failed whose process died before it queued what it reset.
+		if _, err := c.requeue(ctx, r.ID, spec); err != nil {
 			return err
 		}
-		if r.State == store.RolloutRunning {
-			return c.advance(ctx, r, spec, now)
-		}
+	}
+	if r.State == store.RolloutRunning {
+		return c.advance(ctx, r, spec, now)
 	}
 	return nil
+}
+
+// moved reports whether a store move went ahead: a refusal (the state
+// moved on meanwhile) is not an error for the controller.
+func moved(err error) (bool, error) {
+	if errors.Is(err, store.ErrNotAllowed) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // schedule moves a rollout between scheduled and running as its start time
@@ -183,39 +167,24 @@ func (c *Controller) Step(ctx context.Context, id string, now time.Time) error {
 func (c *Controller) schedule(ctx context.Context, r *store.Rollout, spec *plan.File, now time.Time) (bool, error) {
 	wait, why, ended := spec.Schedule.Gate(now)
 	switch {
-	case ended && r.Fields["ended"] != "1":
+	case ended && !r.Ended:
 		// Once: an operator who resumes after end_at means it.
 		to := store.RolloutCancelled
 		if spec.Schedule.EndAction == "pause" {
 			to = store.RolloutPaused
 		}
-		_, ok, err := c.Store.SetState(ctx, r.ID, to, why, now, store.RolloutScheduled, store.RolloutRunning, store.RolloutPaused)
-		if err == nil {
-			err = c.Store.SetFields(ctx, r.ID, "ended", "1")
-		}
-		if ok {
-			_ = c.Store.Event(ctx, r.ID, now, "controller", why)
-		}
-		return ok, err
+		return moved(c.Store.End(ctx, r.ID, to, why, now))
 	case ended || r.State == store.RolloutPaused:
 		return false, nil
 	case wait > 0 && r.State == store.RolloutRunning:
-		_, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutScheduled, why, now, store.RolloutRunning)
-		if ok {
-			_ = c.Store.Event(ctx, r.ID, now, "controller", "stopped dispatching: "+why)
-		}
-		return ok, err
+		return moved(c.Store.Close(ctx, r.ID, why, now))
 	case wait > 0:
 		if r.Reason != why {
-			return false, c.Store.SetFields(ctx, r.ID, "reason", why)
+			return false, c.Store.SetReason(ctx, r.ID, r.State, why, now)
 		}
 		return false, nil
 	case r.State == store.RolloutScheduled:
-		_, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutRunning, "", now, store.RolloutScheduled)
-		if ok {
-			_ = c.Store.Event(ctx, r.ID, now, "controller", "started dispatching (schedule allows it)")
-		}
-		return ok, err
+		return moved(c.Store.Open(ctx, r.ID, now))
 	}
 	return false, nil
 }
@@ -224,27 +193,22 @@ func (c *Controller) schedule(ctx context.Context, r *store.Rollout, spec *plan.
 // stage once the current one is done, baked and (if manual) promoted, and
 // completes the rollout when no CVM is left to do.
 func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.File, now time.Time) error {
-	dispatched, _ := strconv.Atoi(r.Fields["dispatched"])
-	if dispatched < r.Stage {
+	if r.Dispatched < r.Stage {
 		_, err := c.Dispatch(ctx, r, spec)
 		return err
 	}
-	if len(r.Stages) == 0 {
-		return nil
-	}
-	st := r.Stages[r.Stage]
-	if st.Counts[store.Pending]+st.Counts[store.Running] > 0 {
+	if len(r.Stages) == 0 || r.Stages[r.Stage].Left() > 0 {
 		return nil
 	}
 	if r.Stage+1 >= len(r.Stages) {
 		if r.Counts[store.Pending]+r.Counts[store.Running] > 0 {
 			return nil // retry --failed put CVMs of earlier stages back
 		}
-		if _, ok, err := c.Store.SetState(ctx, r.ID, store.RolloutCompleted, "", now, store.RolloutRunning); err != nil || !ok {
+		if ok, err := moved(c.Store.Complete(ctx, r.ID, now)); err != nil || !ok {
 			return err
 		}
-		_ = c.Store.Event(ctx, r.ID, now, "controller", "completed")
-		return c.Store.Finished(ctx, r.ID)
+		_, err := c.Store.Settle(ctx, r.ID)
+		return err
 	}
 	ok, why, err := c.stageGate(ctx, r, now)
 	if err != nil {
@@ -252,15 +216,14 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.F
 	}
 	if !ok {
 		if r.Reason != why {
-			return c.Store.SetFields(ctx, r.ID, "reason", why)
+			return c.Store.SetReason(ctx, r.ID, store.RolloutRunning, why, now)
 		}
 		return nil
 	}
 	next := r.Stage + 1
-	if err := c.Store.SetFields(ctx, r.ID, "stage", next, "reason", ""); err != nil {
+	if ok, err := moved(c.Store.Advance(ctx, r.ID, r.Stage, r.Stages[next].Name, now)); err != nil || !ok {
 		return err
 	}
-	_ = c.Store.Event(ctx, r.ID, now, "controller", fmt.Sprintf("stage %d (%s) started", next+1, r.Stages[next].Name))
 	r.Stage = next
 	_, err = c.Dispatch(ctx, r, spec)
 	return err
@@ -270,11 +233,11 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.F
 // driving the rollout once no CVM is running.
 func (c *Controller) finishCancel(ctx context.Context, r *store.Rollout, now time.Time) error {
 	if r.Counts[store.Pending] > 0 {
-		ids, err := c.Store.Redis().LRange(ctx, store.OrderKey(r.ID), 0, -1).Result()
+		ids, err := c.Store.CVMIDs(ctx, r.ID)
 		if err != nil {
 			return err
 		}
-		byGen, err := c.pendingOnly(ctx, r.ID, ids)
+		byGen, err := c.Store.PendingByGen(ctx, r.ID, ids)
 		if err != nil {
 			return err
 		}
@@ -286,10 +249,8 @@ func (c *Controller) finishCancel(ctx context.Context, r *store.Rollout, now tim
 		}
 		return nil
 	}
-	if r.Counts[store.Running] == 0 {
-		return c.Store.Finished(ctx, r.ID)
-	}
-	return nil
+	_, err := c.Store.Settle(ctx, r.ID)
+	return err
 }
 
 func (c *Controller) log() *slog.Logger {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
@@ -18,36 +17,39 @@ import (
 // "<id>-run<N>" and its own counts. An operator who applies the file of a
 // completed rollout starts runs the same way (Control.reapply). Runs never
 // overlap, whatever the number of controllers and operators: a run starts
-// only after the latest one finished, its number is reserved on the base
-// atomically before it is recorded (nextRun), and run ids are
-// deterministic, so a second attempt at the same run continues it instead
-// of starting another. A re-plan that finds nothing to patch records only
-// the time of the check on the base rollout. `rollout cancel` of the base
-// stops the repeats.
+// only when no member of the family is going, its number is reserved on
+// the root atomically before it is recorded (store.ReserveRun), and run
+// ids are deterministic, so a second attempt at the same run continues it
+// instead of starting another. A re-plan that finds nothing to patch
+// records only the time of the check on the root. `rollout cancel` of the
+// root stops the repeats.
 
-// repeatStep starts the next run of base if it is due.
-func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time) error {
-	b, err := c.Store.Get(ctx, base)
-	if err != nil {
+// repeatStep starts the next run of root if it is due.
+func (c *Controller) repeatStep(ctx context.Context, root string, now time.Time) error {
+	b, err := c.Store.Get(ctx, root)
+	if errors.Is(err, store.ErrNotFound) {
+		if held, err := c.Store.Creating(ctx, root); err != nil || held {
+			return err
+		}
+		_, err := c.Store.StopRepeats(ctx, root, "controller", "", now)
+		return err
+	} else if err != nil {
 		return err
 	}
 	spec, err := Spec(b)
 	if err != nil {
 		return err
 	}
-	if b.State == store.RolloutCancelled || spec.Schedule == nil || spec.Schedule.Repeat <= 0 {
-		_, err := c.Store.StopRepeating(ctx, base)
-		return err
-	}
-	if _, _, ended := spec.Schedule.Gate(now); ended {
-		_, err := c.Store.StopRepeating(ctx, base)
+	_, _, ended := spec.Schedule.Gate(now)
+	if !b.Repeat || b.State == store.RolloutCancelled || spec.Schedule == nil || spec.Schedule.Repeat <= 0 || ended {
+		_, err := c.Store.StopRepeats(ctx, root, "controller", "repeats stopped", now)
 		return err
 	}
 	if b.State != store.RolloutCompleted {
-		return nil // a run starts only from a completed base (not one retried back to running)
+		return nil // a run starts only from a completed root (not one retried back to running)
 	}
-	n := max(atoi(b.Fields["runs"]), 1)
-	r, err := c.Store.Get(ctx, runOrBase(base, n))
+	n := max(b.Runs, 1)
+	r, err := c.Store.Get(ctx, runOrBase(root, n))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		// Run n was reserved but not recorded (a crash in between):
@@ -56,10 +58,10 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 		return err
 	default:
 		last := r.UpdatedAt
-		if t, err := time.Parse(time.RFC3339Nano, b.Fields["last_check_at"]); err == nil && t.After(last) {
-			last = t
+		if b.LastCheckAt.After(last) {
+			last = b.LastCheckAt
 		}
-		if !finished(r.State) || now.Before(last.Add(spec.Schedule.Repeat)) {
+		if !r.State.Finished() || now.Before(last.Add(spec.Schedule.Repeat)) {
 			return nil
 		}
 	}
@@ -72,27 +74,11 @@ func (c *Controller) repeatStep(ctx context.Context, base string, now time.Time)
 	}
 	if p.Counts[plan.Patch] == 0 && r != nil {
 		// Nothing drifted: note the check instead of keeping an empty run.
-		return c.Store.SetFields(ctx, base, "last_check_at", now.UTC().Format(time.RFC3339Nano),
-			"last_check", fmt.Sprintf("no drift in %d selected CVMs", len(p.Items)))
+		return c.Store.NoteCheck(ctx, root, now, fmt.Sprintf("no drift in %d selected CVMs", len(p.Items)))
 	}
-	p.ID = base
-	if _, err = c.nextRun(ctx, base, p, "repeat of "+base, now, true); errors.Is(err, errNoRun) {
-		return nil // the base was cancelled, retried or rolled back meanwhile: its next tick decides
+	p.ID = root
+	if _, err = c.nextRun(ctx, root, p, "repeat of "+root, now, true, ApplyOptions{}); errors.Is(err, store.ErrNotAllowed) {
+		return nil // the root was cancelled, retried or rolled back meanwhile: its next tick decides
 	}
 	return err
-}
-
-// RunID names run n (n >= 2) of a repeating rollout; run 1 is the rollout itself.
-func RunID(base string, n int) string { return base + "-run" + strconv.Itoa(n) }
-
-// runOrBase is run n of base, where run 1 is base itself.
-func runOrBase(base string, n int) string {
-	if n > 1 {
-		return RunID(base, n)
-	}
-	return base
-}
-
-func finished(state string) bool {
-	return state == store.RolloutCompleted || state == store.RolloutCancelled
 }

@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
+	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
 )
 
 // RetryFailed puts a rollout's failed CVMs back to pending and queues them
 // under a new task generation. A finished rollout runs again; a paused one
-// stays paused (its tasks wait for resume). Two operators retrying at once
-// each queue only the CVMs they reset, so none is queued twice.
+// stays paused (its tasks wait for resume). The failed CVMs are claimed
+// again first: one that another rollout took since this one ended is not
+// worked twice (the retry is refused, naming it).
 func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time) (int, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
@@ -22,25 +23,49 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	if r.State == store.RolloutCancelled {
 		return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
 	}
-	if err := c.watched(ctx, "retry", r); err != nil {
+	if err := c.idle(ctx, "retry", id); err != nil {
 		return 0, err
 	}
-	if other, err := c.busy(ctx, baseOf(r), id); err != nil {
+	if err := c.watched(ctx, "retry", r); err != nil {
 		return 0, err
-	} else if other != "" {
-		return 0, busyError("retry", id, other)
 	}
 	spec, err := Spec(r)
 	if err != nil {
 		return 0, err
 	}
-	ids, _, err := c.Store.ResetFailed(ctx, id, now)
+	failed, err := c.Store.FailedIDs(ctx, id)
 	if err != nil {
 		return 0, err
 	}
+	if len(failed) > 0 {
+		if err := c.Store.Claim(ctx, id, failed); err != nil {
+			return 0, fmt.Errorf("retry: %w", err)
+		}
+		var ne *store.NotAllowedError
+		_, _, err = c.Store.Retry(ctx, id, who, failed, now)
+		switch {
+		case errors.As(err, &ne) && ne.State == store.RolloutCancelled:
+			return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
+		case errors.As(err, &ne) && ne.State != "" && ne.Why == refusedNoFailed:
+			// Another operator's retry reset them first.
+		case err != nil:
+			return 0, err
+		}
+	}
 	// Queue what was reset now and any CVM an earlier, interrupted retry
-	// reset but did not get to queue: every pending CVM with a generation
-	// of its own (task ids keep a CVM from being queued twice).
+	// reset but did not get to queue (task ids keep a CVM from being
+	// queued twice).
+	return c.requeue(ctx, id, spec)
+}
+
+// requeue queues every pending CVM with a task generation of its own (what
+// retries reset) and records the rollout's generation as queued. The
+// controller calls it too, for a retry whose process died before it.
+func (c *Control) requeue(ctx context.Context, id string, spec *plan.File) (int, error) {
+	r, err := c.Store.Get(ctx, id)
+	if err != nil {
+		return 0, err
+	}
 	byGen := map[int][]string{}
 	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
 		if rec.State == store.Pending && rec.Gen > 0 {
@@ -50,27 +75,22 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	}); err != nil {
 		return 0, err
 	}
-	if len(ids) == 0 && len(byGen) == 0 {
-		return 0, nil
+	n, err := c.enqueue(ctx, id, spec, byGen)
+	if err != nil {
+		return n, err
 	}
-	if _, _, err := c.Store.SetState(ctx, id, store.RolloutRunning, "", now, store.RolloutCompleted); err != nil {
-		return 0, err
-	}
-	if err := c.Store.Reactivate(ctx, id); err != nil {
-		return 0, err
-	}
-	_ = c.Store.Event(ctx, id, now, who, fmt.Sprintf("retry --failed: %d failed CVMs re-queued", len(ids)))
-	return c.enqueue(ctx, id, spec, byGen)
+	return n, c.Store.Requeued(ctx, id, r.Gen)
 }
 
 // Promote lets the current stage move on once it is done: past a manual
-// gate, or before its bake has run out.
+// gate, or before its bake has run out. Of two promotes at once, one is
+// recorded; the other is told the stage moved on.
 func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*store.Rollout, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if r.State == store.RolloutCompleted || r.State == store.RolloutCancelled {
+	if r.State.Finished() {
 		return nil, fmt.Errorf("promote: rollout %s is %s", id, r.State)
 	}
 	// Only a stage that is done may be let on: promoting one still at work
@@ -79,100 +99,70 @@ func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*
 		return nil, fmt.Errorf("promote: rollout %s is on its last stage; there is no next stage to start", id)
 	}
 	st := r.Stages[r.Stage]
-	if left := st.Counts[store.Pending] + st.Counts[store.Running]; left > 0 {
+	if left := st.Left(); left > 0 {
 		return nil, fmt.Errorf("promote: stage %d (%s) of %s still has %d CVMs to do; promote it once it is done (status says when it waits)", r.Stage+1, st.Name, id, left)
 	}
-	if err := c.Store.SetFields(ctx, id, "promoted", r.Stage); err != nil {
-		return nil, err
-	}
-	_ = c.Store.Event(ctx, id, now, who, fmt.Sprintf("stage %d promoted", r.Stage+1))
-	return r, nil
+	return r, c.Store.Promote(ctx, id, r.Stage, who, now)
 }
 
-// baseOf is the rollout whose file r came from: r itself, or the root of
-// its family (recorded on runs and rollbacks).
-func baseOf(r *store.Rollout) string {
-	for _, f := range []string{"family", "run_of", "rollback_of"} {
-		if b := r.Fields[f]; b != "" {
-			return b
-		}
-	}
-	return r.ID
-}
+// refusedNoFailed is store's refusal of a retry with no failed CVM.
+const refusedNoFailed = "it has no failed CVMs"
 
-// family lists the rollouts the family guard watches for root: the root,
-// its latest run, and the rollbacks of both. The latest run is the newest
-// one recorded or being recorded; a reservation abandoned by a crash (no
-// record, no creation lease) is skipped, so it blocks nothing.
-func (c *Control) family(ctx context.Context, root string) ([]string, error) {
-	b, err := c.Store.Get(ctx, root)
-	if err != nil {
-		return nil, err
+// idle refuses cmd on id while another member of its family is going,
+// with the member's name: a check for a clear answer before a long step;
+// the store's operations check again atomically.
+func (c *Control) idle(ctx context.Context, cmd, id string) error {
+	other, err := c.Store.Busy(ctx, id)
+	if err == nil && other != "" {
+		err = &store.BusyError{Op: cmd, ID: id, Other: other}
 	}
-	ids := []string{root, RollbackID(root)}
-	for n := atoi(b.Fields["runs"]); n >= 2; n-- {
-		run := RunID(root, n)
-		_, err := c.Store.Get(ctx, run)
-		if errors.Is(err, store.ErrNotFound) {
-			held, err := c.Store.Creating(ctx, run)
-			if err != nil {
-				return nil, err
-			}
-			if !held {
-				continue // abandoned reservation: the run before it is the latest
-			}
-		} else if err != nil {
-			return nil, err
-		}
-		return append(ids, run, RollbackID(run)), nil
-	}
-	return ids, nil
+	return err
 }
 
 // watched refuses to retry or roll back a rollout the family guard does
-// not watch (an older run, the rollback of one, a rollback of a rollback):
-// it could then run beside a newer member on the same CVMs.
+// not watch (an older run, the rollback of one, a rollback that is not the
+// latest of its rollout): it would work CVMs a newer member has worked
+// since. The watched ones are the root, its latest run, and the latest
+// rollback of each.
 func (c *Control) watched(ctx context.Context, cmd string, r *store.Rollout) error {
-	ids, err := c.family(ctx, baseOf(r))
+	target := r
+	if r.RollbackOf != "" {
+		o, err := c.Store.Get(ctx, r.RollbackOf)
+		if err != nil {
+			return err
+		}
+		if o.LatestRollback != "" && o.LatestRollback != r.ID {
+			return fmt.Errorf("%s: %s is not the latest rollback of %s (%s is)", cmd, r.ID, o.ID, o.LatestRollback)
+		}
+		target = o
+	}
+	latest, err := c.latestRun(ctx, r.Family)
 	if err != nil {
 		return err
 	}
-	if !slices.Contains(ids, r.ID) {
-		return fmt.Errorf("%s: %s is not one of %v, the rollouts of its family that can still be retried or rolled back (the rollout, its latest run and their rollbacks)", cmd, r.ID, ids)
+	if target.ID != latest && target.ID != r.Family {
+		return fmt.Errorf("%s: %s is neither %s nor its latest run (%s): only those and their latest rollbacks can still be retried or rolled back", cmd, target.ID, r.Family, latest)
 	}
 	return nil
 }
 
-// busy is a rollout of root's family (see family), other than self, that
-// has not finished, or "". They are separate rollouts with their own
-// limits, so two of them working the same CVMs at once would PATCH (and
-// restart) a CVM twice: retry, rollback and a new run each wait until the
-// others have ended.
-func (c *Control) busy(ctx context.Context, root, self string) (string, error) {
-	ids, err := c.family(ctx, root)
+// latestRun is the newest run of root that is recorded or being recorded
+// (a reservation abandoned by a crash does not count).
+func (c *Control) latestRun(ctx context.Context, root string) (string, error) {
+	b, err := c.Store.Get(ctx, root)
 	if err != nil {
 		return "", err
 	}
-	for _, id := range ids {
-		if id == self {
-			continue
-		}
-		r, err := c.Store.Get(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			if held, err := c.Store.Creating(ctx, id); err != nil || held {
-				return id, err
-			}
-			continue
-		} else if err != nil {
+	for n := b.Runs; n >= 2; n-- {
+		_, err := c.Store.Get(ctx, RunID(root, n))
+		if err == nil {
+			return RunID(root, n), nil
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return "", err
 		}
-		if !finished(r.State) {
-			return id, nil
+		if held, err := c.Store.Creating(ctx, RunID(root, n)); err != nil || held {
+			return RunID(root, n), err
 		}
 	}
-	return "", nil
-}
-
-func busyError(cmd, id, other string) error {
-	return fmt.Errorf("%s: %s is still going, and works the same CVMs as %s; wait for it to end (or pause, then cancel it)", cmd, other, id)
+	return root, nil
 }

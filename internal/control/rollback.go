@@ -2,9 +2,12 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
@@ -18,20 +21,22 @@ type ConfigReader interface {
 	GetNetworkConfig(ctx context.Context, id string) (*api.NetworkConfig, error)
 }
 
-// ApplyRollback records and queues a rollback plan. It also stops the
-// original's schedule.repeat: a later run would see the restored CVMs as
-// drift and patch them back.
+// RollbackID names the first rollback of a rollout.
+func RollbackID(id string) string { return store.RollbackID(id, 1) }
+
+// rollbackWait bounds how long a rollback waits for the CVMs still in
+// flight of the rollout it cancelled to settle.
+const rollbackWait = 45 * time.Second
+
+// ApplyRollback records and queues a rollback plan (from PlanRollback). It
+// stops the family's schedule.repeat first (a later run would see the
+// restored CVMs as drift and patch them back), and cancels the rollout it
+// undoes if that is paused: a rollback replaces it, and the two never work
+// the same CVMs at once.
 func (c *Control) ApplyRollback(ctx context.Context, p *plan.Plan, of, who string, now time.Time) (Applied, error) {
-	// Repeats stop first, and the family is checked again: planning read
-	// the fleet and maybe waited for a yes, and a run may have started.
-	root := p.Family
-	if root == "" {
-		root = of
-	}
-	if stopped, err := c.Store.StopRepeating(ctx, root); err != nil {
+	root := store.Family(of)
+	if _, err := c.Store.StopRepeats(ctx, root, who, "repeats stopped by the rollback of "+of, now); err != nil {
 		return Applied{}, err
-	} else if stopped {
-		_ = c.Store.Event(ctx, root, now, who, "repeats stopped by the rollback of "+of)
 	}
 	orig, err := c.Store.Get(ctx, of)
 	if err != nil {
@@ -40,30 +45,63 @@ func (c *Control) ApplyRollback(ctx context.Context, p *plan.Plan, of, who strin
 	if err := c.watched(ctx, "rollback", orig); err != nil {
 		return Applied{}, err
 	}
-	if other, err := c.busy(ctx, root, of); err != nil {
-		return Applied{}, err
-	} else if other != "" && other != p.ID {
-		return Applied{}, busyError("rollback", of, other)
+	if existing, err := c.Store.Get(ctx, p.ID); err == nil && existing.State == store.RolloutCancelled {
+		return Applied{ID: p.ID, State: existing.State}, fmt.Errorf("rollback: %s was cancelled and does not start again; run `rollout rollback %s` again to record the next rollback over the CVMs still not restored", p.ID, of)
 	}
-	// Not Apply: a rollback gets no runs (retry --failed redoes one).
-	a, err := c.apply(ctx, p, who, now, false)
-	if err != nil {
-		return a, err
+	if orig.State == store.RolloutPaused {
+		if _, err := c.Cancel(ctx, of, who, "rolled back as "+p.ID, now); err != nil {
+			return Applied{}, err
+		}
 	}
-	if a.Created {
-		_ = c.Store.Event(ctx, of, now, who, fmt.Sprintf("rollback recorded as %s (%d CVMs to restore)", a.ID, p.Counts[plan.Patch]))
+	// Not Apply: a rollback gets no runs (retry --failed redoes one). The
+	// creation refuses while the cancelled original still has CVMs in
+	// flight; they settle within a try.
+	for deadline := time.Now().Add(rollbackWait); ; {
+		a, err := c.apply(ctx, p, who, now, ApplyOptions{}, false, "")
+		var be *store.BusyError
+		if !errors.As(err, &be) || be.Other != of || time.Now().After(deadline) {
+			if err == nil && a.Created {
+				err = c.Store.Event(ctx, of, now, who, fmt.Sprintf("rollback recorded as %s (%d CVMs to restore)", a.ID, p.Counts[plan.Patch]))
+			}
+			return a, err
+		}
+		select {
+		case <-ctx.Done():
+			return Applied{}, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
-	return a, nil
 }
 
-// RollbackID names the rollback of a rollout.
-func RollbackID(id string) string { return id + "-rollback" }
+// rollbackFor picks the id of the rollback of orig to plan: its latest
+// rollback while that is still going (or was never recorded: a crash),
+// else the next one. A cancelled or completed rollback is not continued;
+// the next one covers the CVMs still not restored.
+func (c *Control) rollbackFor(ctx context.Context, orig *store.Rollout) (string, error) {
+	latest := orig.LatestRollback
+	if latest == "" {
+		return RollbackID(orig.ID), nil
+	}
+	lr, err := c.Store.Get(ctx, latest)
+	if errors.Is(err, store.ErrNotFound) {
+		return latest, nil
+	} else if err != nil {
+		return "", err
+	}
+	if !lr.State.Finished() {
+		return latest, nil
+	}
+	n, _ := strconv.Atoi(strings.TrimPrefix(latest, orig.ID+"-rollback"))
+	return store.RollbackID(orig.ID, max(n, 1)+1), nil
+}
 
 // PlanRollback plans the exact undo of a rollout: every CVM it changed gets
 // its own before-image back, through the same stages, limits and retry
 // policy. A CVM is left alone (skip) if it was not changed, has no
 // before-image, or was changed again since (its config is no longer what
-// the rollout applied): rollback never overwrites someone else's change.
+// the rollout applied): rollback never overwrites someone else's change. A
+// CVM already at its before-image (restored by an earlier, cancelled
+// rollback) is unchanged, so the next rollback finishes the undo.
 func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (*plan.Plan, error) {
 	orig, err := c.Store.Get(ctx, id)
 	if err != nil {
@@ -72,23 +110,29 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 	if orig.State == store.RolloutRunning || orig.State == store.RolloutScheduled {
 		return nil, fmt.Errorf("rollback: rollout %s is %s; pause or cancel it first", id, orig.State)
 	}
-	if orig.Fields["rollback_of"] != "" {
+	if orig.RollbackOf != "" {
 		return nil, fmt.Errorf("rollback: %s is itself a rollback; to roll forward again, apply the file", id)
+	}
+	rb, err := c.rollbackFor(ctx, orig)
+	if err != nil {
+		return nil, err
+	}
+	// Another member going refuses, except the rollback being continued
+	// and a paused original (ApplyRollback cancels it).
+	if other, err := c.Store.Busy(ctx, rb); err != nil {
+		return nil, err
+	} else if other != "" && other != id && other != rb {
+		return nil, &store.BusyError{Op: "rollback", ID: id, Other: other}
 	}
 	if err := c.watched(ctx, "rollback", orig); err != nil {
 		return nil, err
-	}
-	if other, err := c.busy(ctx, baseOf(orig), id); err != nil {
-		return nil, err
-	} else if other != "" && other != RollbackID(id) {
-		return nil, busyError("rollback", id, other)
 	}
 	spec, err := Spec(orig)
 	if err != nil {
 		return nil, err
 	}
 	spec.Schedule = nil // undo now, not at the original's times
-	p := &plan.Plan{ID: RollbackID(id), Name: spec.Name, SpecHash: orig.SpecHash, File: spec, RollbackOf: id, Family: baseOf(orig)}
+	p := &plan.Plan{ID: rb, Name: spec.Name, SpecHash: orig.SpecHash, File: spec, RollbackOf: id, Family: orig.Family}
 	var recs []store.CVMRecord
 	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
 		if rec.Patched {
@@ -97,6 +141,9 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("rollback: rollout %s patched no CVM; there is nothing to roll back", id)
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].CVMID < recs[j].CVMID })
 	p.Items = make([]plan.Item, len(recs))

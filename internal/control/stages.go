@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/store"
@@ -18,29 +17,23 @@ import (
 // bake has passed since it finished; `promote` ends a bake early.
 func (c *Controller) stageGate(ctx context.Context, r *store.Rollout, now time.Time) (bool, string, error) {
 	i := r.Stage
-	name := fmt.Sprintf("stage %d (%s)", i+1, r.Stages[i].Name)
-	promoted := r.Fields["promoted"] != "" && atoi(r.Fields["promoted"]) >= i
-	if promoted {
+	st := r.Stages[i]
+	name := fmt.Sprintf("stage %d (%s)", i+1, st.Name)
+	if r.Promoted >= i {
 		return true, "", nil
 	}
-	if r.Fields[stageField(i, "promote")] == "manual" {
+	if st.Manual {
 		return false, name + " done; waiting for `rollout promote " + r.ID + "`", nil
 	}
-	doneAt, err := time.Parse(time.RFC3339Nano, r.Fields[stageField(i, "done_at")])
-	if err != nil {
-		doneAt = now
-		if err := c.Store.SetFields(ctx, r.ID, stageField(i, "done_at"), now.UTC().Format(time.RFC3339Nano)); err != nil {
+	doneAt := st.DoneAt
+	if doneAt.IsZero() {
+		var err error
+		if doneAt, err = c.Store.StageDone(ctx, r.ID, i, now); err != nil {
 			return false, "", err
 		}
 	}
-	bake, _ := time.ParseDuration(r.Fields[stageField(i, "bake")])
-	if until := doneAt.Add(bake); now.Before(until) {
+	if until := doneAt.Add(st.Bake); now.Before(until) {
 		return false, fmt.Sprintf("%s done; baking until %s", name, until.UTC().Format(time.RFC3339)), nil
 	}
 	return true, "", nil
-}
-
-func atoi(s string) int {
-	n, _ := strconv.Atoi(s)
-	return n
 }

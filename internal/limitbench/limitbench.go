@@ -83,7 +83,7 @@ func (e *env) apply(ctx context.Context, yaml string) (string, error) {
 		return "", err
 	}
 	c := control.New(e.rdb)
-	a, err := c.Apply(ctx, p, "bench", time.Now())
+	a, err := c.Apply(ctx, p, "bench", time.Now(), control.ApplyOptions{})
 	return a.ID, err
 }
 

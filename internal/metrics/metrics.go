@@ -147,8 +147,8 @@ func (c *rolloutCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		for _, s := range store.CVMStates {
-			ch <- prometheus.MustNewConstMetric(cvmsDesc, prometheus.GaugeValue, float64(r.Counts[s]), id, s)
+			ch <- prometheus.MustNewConstMetric(cvmsDesc, prometheus.GaugeValue, float64(r.Counts[s]), id, string(s))
 		}
-		ch <- prometheus.MustNewConstMetric(stateDesc, prometheus.GaugeValue, 1, id, r.State)
+		ch <- prometheus.MustNewConstMetric(stateDesc, prometheus.GaugeValue, 1, id, string(r.State))
 	}
 }

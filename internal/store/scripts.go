@@ -2,12 +2,44 @@ package store
 
 import "github.com/redis/go-redis/v9"
 
+// Lua shared by the family scripts. memberKey mirrors base() in keys.go;
+// familyBusy is the family guard: the first member of the family, other
+// than self, that may still work CVMs (recorded and not finished, cancelled
+// with CVMs still in flight, or being recorded under a creation lease), or
+// false. Members found ended are dropped from the going set on the way, so
+// the set stays as small as the members at work.
+const familyLua = `
+local function memberKey(root, id)
+  if id == root then return 'rollout:{' .. root .. '}' end
+  return 'rollout:{' .. root .. '}@' .. string.sub(id, #root + 2)
+end
+local function familyBusy(going, root, self)
+  for _, m in ipairs(redis.call('SMEMBERS', going)) do
+    if m ~= self then
+      local k = memberKey(root, m)
+      local v = redis.call('HMGET', k, 'state', 'ready', 'n:running')
+      if v[2] == '1' then
+        if v[1] ~= 'completed' and not (v[1] == 'cancelled' and tonumber(v[3] or '0') == 0) then return m end
+      elseif redis.call('EXISTS', k .. ':creating') == 1 then
+        return m
+      end
+      redis.call('SREM', going, m)
+    end
+  end
+  return false
+end
+local function event(key, at, by, what)
+  redis.call('RPUSH', key, cjson.encode({at = at, by = by, what = what}))
+  redis.call('LTRIM', key, -1000, -1) -- maxEvents
+end
+`
+
 // transitionScript moves one CVM from its current state to a new one and
 // keeps the rollout's counters in step, atomically: status never scans CVMs
 // and counts never drift, whatever crashes.
 //
 // KEYS[1] rollout hash, KEYS[2] CVM hash, KEYS[3] recent failures list,
-// KEYS[4] audit trail (a tripped budget is written there, as Store.Event would).
+// KEYS[4] audit trail (a tripped budget is written there).
 // ARGV[1] new state, ARGV[2] mode, ARGV[3] now (RFC 3339), ARGV[4..] field/value pairs.
 // Modes:
 //
@@ -28,7 +60,7 @@ import "github.com/redis/go-redis/v9"
 //
 // Returns {rollout state before, CVM state before, CVM state after, tripped
 // action, attempts after, the CVM's own target or ”}.
-var transitionScript = redis.NewScript(`
+var transitionScript = redis.NewScript(familyLua + `
 local old = redis.call('HGET', KEYS[2], 'state')
 local rstate = redis.call('HGET', KEYS[1], 'state') or ''
 if not old then return {rstate, '', '', ''} end
@@ -91,8 +123,7 @@ if (new == 'failed' or new == 'succeeded') and rstate == 'running' then
       local action = redis.call('HGET', KEYS[1], 'budget_action') or 'paused'
       local why = 'failure budget exceeded: ' .. f .. ' failed of ' .. (f + s) .. ' executed (max_failed ' .. maxf .. ')'
       redis.call('HSET', KEYS[1], 'state', action, 'reason', why)
-      redis.call('RPUSH', KEYS[4], string.sub(ARGV[3], 1, 19) .. 'Z failure-budget: ' .. why .. ', rollout ' .. action)
-      redis.call('LTRIM', KEYS[4], -1000, -1) -- maxEvents
+      event(KEYS[4], string.sub(ARGV[3], 1, 19) .. 'Z', 'failure-budget', why .. ', rollout ' .. action)
       tripped = action
     end
   end
@@ -100,21 +131,188 @@ end
 return {rstate, old, new, tripped, attempts, redis.call('HGET', KEYS[2], 'target') or ''}
 `)
 
-// setStateScript changes a rollout's state only from one of the allowed
-// states, so two operators racing (pause vs cancel) get one clear winner.
+// moveScript is every rollout state move (rollout.go builds its spec): it
+// checks the state the move starts from and its conditions, then writes
+// the new state, the reason, the move's fields, the family's going set and
+// the audit line, or nothing at all.
 //
-// KEYS[1] rollout hash. ARGV[1] new state, ARGV[2] reason, ARGV[3] now,
-// ARGV[4..] allowed current states. Returns {state before, changed 0|1}.
-var setStateScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {'', 0} end
-for i = 4, #ARGV do
-  if cur == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2], 'updated_at', ARGV[3])
-    return {cur, 1}
+// KEYS[1] rollout hash, KEYS[2] audit trail, KEYS[3] the family's going set.
+// ARGV[1] the move as JSON (see move in rollout.go).
+// Returns {state before, verdict, the incremented field's new value, CVMs
+// reset}; the
+// verdict is "ok", "missing", "state", "busy:<id>", "require:<field>",
+// "unless:<field>", "zero:<field>" or "nonzero:<field>".
+var moveScript = redis.NewScript(familyLua + `
+local m = cjson.decode(ARGV[1])
+local v = redis.call('HMGET', KEYS[1], 'state', 'ready')
+local cur = v[1]
+if v[2] ~= '1' or not cur then return {'', 'missing'} end
+local allowed = false
+for _, f in ipairs(m.from) do if f == cur then allowed = true end end
+if not allowed then return {cur, 'state'} end
+for k, want in pairs(m.require or {}) do
+  if (redis.call('HGET', KEYS[1], k) or '') ~= want then return {cur, 'require:' .. k} end
+end
+for k, bad in pairs(m.unless or {}) do
+  if (redis.call('HGET', KEYS[1], k) or '') == bad then return {cur, 'unless:' .. k} end
+end
+for _, k in ipairs(m.zero or {}) do
+  if tonumber(redis.call('HGET', KEYS[1], k) or '0') ~= 0 then return {cur, 'zero:' .. k} end
+end
+for _, k in ipairs(m.nonzero or {}) do
+  if tonumber(redis.call('HGET', KEYS[1], k) or '0') == 0 then return {cur, 'nonzero:' .. k} end
+end
+if m.exclusive then
+  local other = familyBusy(KEYS[3], m.root, m.id)
+  if other then return {cur, 'busy:' .. other} end
+end
+local to = (m.to_if or {})[cur] or m.to
+if to and to ~= '' then redis.call('HSET', KEYS[1], 'state', to) end
+if m.reason then redis.call('HSET', KEYS[1], 'reason', m.reason) end
+for k, val in pairs(m.set or {}) do redis.call('HSET', KEYS[1], k, val) end
+for k, val in pairs(m.setnx or {}) do redis.call('HSETNX', KEYS[1], k, val) end
+redis.call('HSET', KEYS[1], 'updated_at', m.now)
+if m.going == 'add' then redis.call('SADD', KEYS[3], m.id) elseif m.going == 'rem' then redis.call('SREM', KEYS[3], m.id) end
+if m.event then
+  -- "{move}" in the line says the move as it happened: (from -> to)
+  local what = string.gsub(m.event.what, '{move}', '(' .. cur .. ' -> ' .. (to or cur) .. ')')
+  event(KEYS[2], m.event.at, m.event.by, what)
+end
+local n, reset = 0, 0
+if m.incr then n = redis.call('HINCRBY', KEYS[1], m.incr, 1) end
+-- retry --failed: the failed CVMs named go back to pending under the new
+-- task generation n, with the rollout's move (the counters as
+-- transitionScript's reset keeps them).
+for _, c in ipairs(m.reset or {}) do
+  local ck = KEYS[1] .. ':cvm:' .. c
+  if redis.call('HGET', ck, 'state') == 'failed' then
+    local stage = redis.call('HGET', ck, 'stage') or '0'
+    redis.call('HINCRBY', KEYS[1], 'n:failed', -1)
+    redis.call('HINCRBY', KEYS[1], 'n:pending', 1)
+    redis.call('HINCRBY', KEYS[1], 's:' .. stage .. ':failed', -1)
+    redis.call('HINCRBY', KEYS[1], 's:' .. stage .. ':pending', 1)
+    redis.call('HSET', ck, 'state', 'pending', 'reason', 'retry requested', 'attempts', 0, 'finished_at', '',
+      'gen', n, 'patch_sent', '')
+    reset = reset + 1
   end
 end
-return {cur, 0}
+return {cur, 'ok', n, reset}
+`)
+
+// leaseScript takes the creation lease of a rollout: unless it is
+// recorded already ("ready"), or another process holds the lease ("held"),
+// or another member of its family is going ("busy:<id>"), it sets the lease
+// and adds the rollout to its family's going set ("ok"). A lease that is
+// already this token's (a reserved run) is taken over.
+//
+// KEYS[1] creation lease, KEYS[2] rollout hash, KEYS[3] going set.
+// ARGV[1] token, ARGV[2] lease (ms), ARGV[3] id, ARGV[4] root.
+var leaseScript = redis.NewScript(familyLua + `
+if redis.call('HGET', KEYS[2], 'ready') == '1' then return 'ready' end
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 'held' end
+local other = familyBusy(KEYS[3], ARGV[4], ARGV[3])
+if other then return 'busy:' .. other end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 'ok'
+`)
+
+// releaseLeaseScript drops a lease (a creation lease, the controller lock)
+// only if it is still ours: GET then DEL could delete the next holder's.
+var releaseLeaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+`)
+
+// leadScript takes the controller lock, or renews it if this process holds
+// it, atomically. KEYS[1] lock; ARGV owner, ttl (ms). Returns 1 if held.
+var leadScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+`)
+
+// reserveRunScript reserves run ARGV[1]+1 of a root rollout if its latest
+// run number is still ARGV[1], so that of two processes starting the next
+// run (operators re-applying, the repeat controller) exactly one creates
+// it; and only while the root is completed (not retried back to running,
+// not cancelled), no other member of the family is going, and, for the
+// repeat controller (ARGV[3] = 1), the root still repeats (a cancel during
+// the re-plan wins). The reservation is the run's creation lease (token
+// ARGV[4]): the run is going from here on, and a reservation whose process
+// died frees the family when its lease runs out.
+// ARGV[5] = 1 takes a lapsed reservation of run ARGV[1] over instead.
+//
+// KEYS[1] root hash, KEYS[2] going set, KEYS[3] the run's creation lease.
+// ARGV[1] runs seen, ARGV[2] the run's id, ARGV[3] 1 to require repeating,
+// ARGV[4] token, ARGV[5] retake, ARGV[6] lease (ms), ARGV[7] the root's id.
+// Returns 1 reserved, 0 the runs moved on (re-read), or why not.
+var reserveRunScript = redis.NewScript(familyLua + `
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'completed' then return 'rollout is ' .. (st or 'gone') end
+if ARGV[3] == '1' and redis.call('HGET', KEYS[1], 'repeat') ~= '1' then return 'it no longer repeats' end
+local other = familyBusy(KEYS[2], ARGV[7], ARGV[2])
+if other then return other .. ' is going' end
+local n = tonumber(redis.call('HGET', KEYS[1], 'runs') or '1')
+if n ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[5] ~= '1' then redis.call('HSET', KEYS[1], 'runs', n + 1, 'latest_run', ARGV[2]) end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+`)
+
+// claimScript claims CVMs for a rollout, for one apply, atomically: a CVM
+// whose owner is another active rollout of another family is a conflict.
+// Strict (ARGV[3] = "strict"): any conflict claims nothing. Otherwise the
+// free CVMs are claimed and the conflicts returned (the caller skips them).
+// A claim of a rollout that is not in the active set is stale and taken;
+// so is one of the caller's own family (runs and rollbacks take over).
+//
+// KEYS[1] owners hash, KEYS[2] active set. ARGV[1] id, ARGV[2] root,
+// ARGV[3] mode, ARGV[4..] CVM ids. Returns {cvm, owner, ...} conflicts.
+var claimScript = redis.NewScript(`
+local function root(id)
+  id = string.gsub(id, '%-rollback%d*$', '')
+  id = string.gsub(id, '%-run%d+$', '')
+  return id
+end
+local conflicts, free = {}, {}
+for i = 4, #ARGV do
+  local c = ARGV[i]
+  local o = redis.call('HGET', KEYS[1], c)
+  if o and o ~= ARGV[1] and root(o) ~= ARGV[2] and redis.call('SISMEMBER', KEYS[2], o) == 1 then
+    conflicts[#conflicts + 1] = c
+    conflicts[#conflicts + 1] = o
+  else
+    free[#free + 1] = c
+  end
+end
+if #conflicts > 0 and ARGV[3] == 'strict' then return conflicts end
+redis.call('SADD', KEYS[2], ARGV[1])
+for _, c in ipairs(free) do redis.call('HSET', KEYS[1], c, ARGV[1]) end
+return conflicts
+`)
+
+// releaseClaimsScript drops the claims a rollout holds on the given CVMs
+// (not those another rollout has taken since). KEYS[1] owners hash.
+// ARGV[1] id, ARGV[2..] CVM ids.
+var releaseClaimsScript = redis.NewScript(`
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 `)
 
 // prepatchScript runs just before a PATCH, in one round trip: it refuses
@@ -130,4 +328,11 @@ if st ~= 'running' then return {st, 0} end
 redis.call('HSETNX', KEYS[2], 'prev_kms', ARGV[1])
 redis.call('HSETNX', KEYS[2], 'prev_gw', ARGV[2])
 return {st, redis.call('HSETNX', KEYS[2], 'patch_sent', '1')}
+`)
+
+// busyScript is familyBusy on its own, for a check before a long step
+// (planning a rollback) whose own atomic check comes later.
+// KEYS[1] going set. ARGV[1] root, ARGV[2] self. Returns the busy member or "".
+var busyScript = redis.NewScript(familyLua + `
+return familyBusy(KEYS[1], ARGV[1], ARGV[2]) or ''
 `)

@@ -18,7 +18,7 @@ import (
 // newRollout records a running rollout of n pending CVMs.
 func newRollout(b *testing.B, st *store.Store, id string, n int) []string {
 	b.Helper()
-	nr := store.NewRollout{ID: id, Name: id, Spec: `{"name":"bench"}`, State: store.RolloutRunning, Stages: []string{"all"}}
+	nr := store.NewRollout{ID: id, Name: id, Spec: `{"name":"bench"}`, State: store.RolloutRunning, Stages: []store.NewStage{{Name: "all"}}}
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("cvm_%08d", i)
@@ -87,7 +87,7 @@ func BenchmarkCreate(b *testing.B) {
 	const n = 10_000
 	rdb, _ := testutil.Redis(b)
 	st := store.New(rdb)
-	nr := store.NewRollout{ID: "bench-create", Name: "bench", Spec: `{"name":"bench"}`, State: store.RolloutRunning, Stages: []string{"all"}}
+	nr := store.NewRollout{ID: "bench-create", Name: "bench", Spec: `{"name":"bench"}`, State: store.RolloutRunning, Stages: []store.NewStage{{Name: "all"}}}
 	for i := range n {
 		id := fmt.Sprintf("cvm_%08d", i)
 		nr.CVMs = append(nr.CVMs, store.NewCVM{ID: id, Name: "prod-web-" + id, State: store.Pending})

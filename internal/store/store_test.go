@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -14,21 +15,21 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-func setup(t *testing.T, state string) (*store.Store, string) {
+func setup(t *testing.T, state store.RolloutState) (*store.Store, string) {
 	t.Helper()
 	rdb, _ := testutil.Redis(t)
 	st := store.New(rdb)
-	nr := store.NewRollout{ID: "r1", Name: "r1", Spec: `{"name":"r1"}`, State: state, Stages: []string{"a", "b"},
+	nr := store.NewRollout{ID: "r1", Name: "r1", Spec: `{"name":"r1"}`, State: state, Stages: []store.NewStage{{Name: "a"}, {Name: "b"}},
 		CVMs: []store.NewCVM{
 			{ID: "cvm_a", State: store.Pending, Stage: 0}, {ID: "cvm_b", State: store.Pending, Stage: 1},
 			{ID: "cvm_c", State: store.Skipped, Stage: -1, Reason: "VMM 0.5.6 is below 0.5.7"},
 		}}
 	created, err := st.Create(context.Background(), nr, time.Now())
-	if err != nil || !created {
+	if err != nil || !created.New {
 		t.Fatalf("create: %v %v", created, err)
 	}
 	// Create is idempotent once the rollout is ready.
-	if again, err := st.Create(context.Background(), nr, time.Now()); err != nil || again {
+	if again, err := st.Create(context.Background(), nr, time.Now()); err != nil || again.New {
 		t.Fatalf("second create: %v %v", again, err)
 	}
 	return st, "r1"
@@ -40,8 +41,9 @@ func TestTransitionRules(t *testing.T) {
 	st, id := setup(t, store.RolloutRunning)
 	ctx := context.Background()
 	steps := []struct {
-		to, mode     string
-		wantTo       string
+		to           store.CVMState
+		mode         store.Mode
+		wantTo       store.CVMState
 		wantAttempts int
 	}{
 		{store.Running, store.ModeBegin, store.Running, 0},
@@ -82,7 +84,7 @@ func TestTransitionRules(t *testing.T) {
 	}
 	// Order and content of the report.
 	var got []string
-	if err := st.Records(ctx, id, func(r store.CVMRecord) error { got = append(got, r.CVMID+"="+r.State); return nil }); err != nil {
+	if err := st.Records(ctx, id, func(r store.CVMRecord) error { got = append(got, r.CVMID+"="+string(r.State)); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if want := "cvm_a=pending cvm_b=pending cvm_c=skipped"; strings.Join(got, " ") != want {
@@ -100,11 +102,11 @@ func TestBeginFollowsTheRollout(t *testing.T) {
 	if err != nil || tr.To != store.Pending || tr.RolloutState != store.RolloutPaused {
 		t.Fatalf("begin while paused: %+v %v", tr, err)
 	}
-	if cur, ok, err := st.SetState(ctx, id, store.RolloutCancelled, "test", time.Now(), store.RolloutRunning); err != nil || ok || cur != store.RolloutPaused {
-		t.Fatalf("cancel from running only, while paused: %v %v %v", cur, ok, err)
+	if cur, err := st.Pause(ctx, id, "test", "", time.Now()); !errors.Is(err, store.ErrNotAllowed) || cur != store.RolloutPaused {
+		t.Fatalf("pause while paused: %v %v", cur, err)
 	}
-	if _, ok, err := st.SetState(ctx, id, store.RolloutCancelled, "test", time.Now(), store.RolloutPaused); err != nil || !ok {
-		t.Fatal(ok, err)
+	if _, _, err := st.Cancel(ctx, id, "test", "", time.Now()); err != nil {
+		t.Fatal(err)
 	}
 	tr, err = st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now(), "worker", "w1", "started_at", "x")
 	if err != nil || tr.To != store.Cancelled {
@@ -129,8 +131,8 @@ func TestDiedTryCountedWhilePaused(t *testing.T) {
 		t.Fatal(tr, err)
 	}
 	// The worker dies; the operator pauses.
-	if _, ok, err := st.SetState(ctx, id, store.RolloutPaused, "t", time.Now(), store.RolloutRunning); err != nil || !ok {
-		t.Fatal(ok, err)
+	if _, err := st.Pause(ctx, id, "t", "", time.Now()); err != nil {
+		t.Fatal(err)
 	}
 	tr, err := st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now(), "worker", "w2")
 	if err != nil || tr.To != store.Pending || tr.Attempts != 1 {
@@ -148,7 +150,7 @@ func TestDiedTryCountedWhilePaused(t *testing.T) {
 func TestConcurrentCreateWritesOnce(t *testing.T) {
 	rdb, _ := testutil.Redis(t)
 	st := store.New(rdb)
-	nr := store.NewRollout{ID: "race", Name: "race", Spec: `{"name":"race"}`, State: store.RolloutRunning, Stages: []string{"all"}}
+	nr := store.NewRollout{ID: "race", Name: "race", Spec: `{"name":"race"}`, State: store.RolloutRunning, Stages: []store.NewStage{{Name: "all"}}}
 	for i := range 2000 {
 		nr.CVMs = append(nr.CVMs, store.NewCVM{ID: fmt.Sprintf("cvm_%04d", i), State: store.Pending, Stage: 0})
 	}
@@ -156,11 +158,11 @@ func TestConcurrentCreateWritesOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 6 {
 		wg.Go(func() {
-			ok, err := st.Create(context.Background(), nr, time.Now())
+			c, err := st.Create(context.Background(), nr, time.Now())
 			if err != nil {
 				t.Error(err)
 			}
-			if ok {
+			if c.New {
 				created.Add(1)
 			}
 		})
@@ -213,7 +215,7 @@ func TestStalledWriterWritesNothingMore(t *testing.T) {
 	defer slow.Close()
 	h := &stallHook{key: store.OrderKey("stall"), stalled: make(chan struct{}), resume: make(chan struct{})}
 	slow.AddHook(h)
-	nr := store.NewRollout{ID: "stall", Name: "stall", Spec: `{"name":"stall"}`, State: store.RolloutRunning, Stages: []string{"all"}}
+	nr := store.NewRollout{ID: "stall", Name: "stall", Spec: `{"name":"stall"}`, State: store.RolloutRunning, Stages: []store.NewStage{{Name: "all"}}}
 	for i := range 1200 {
 		nr.CVMs = append(nr.CVMs, store.NewCVM{ID: fmt.Sprintf("cvm_%04d", i), State: store.Pending, Stage: 0})
 	}
@@ -226,7 +228,7 @@ func TestStalledWriterWritesNothingMore(t *testing.T) {
 	<-h.stalled
 	// Its lease runs out (as after 30 s) and another process records it.
 	rdb.Del(ctx, store.CreatingKey("stall"))
-	if created, err := store.New(rdb).Create(ctx, nr, time.Now()); err != nil || !created {
+	if created, err := store.New(rdb).Create(ctx, nr, time.Now()); err != nil || !created.New {
 		t.Fatalf("second writer: %v %v", created, err)
 	}
 	close(h.resume)

@@ -96,7 +96,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case tr.From == "" || store.Terminal(tr.To):
 		return nil // no record, already finished, or cancelled just now
 	case tr.To != store.Running || tr.RolloutState != store.RolloutRunning:
-		return h.snooze(p, h.recheck(), "rollout "+tr.RolloutState)
+		return h.snooze(p, h.recheck(), "rollout "+string(tr.RolloutState))
 	}
 	attempt := tr.Attempts + 1 // this try, counting the ones before it
 	target := spec.Target
@@ -105,31 +105,22 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		// pointers it shares with the cached spec.
 		var own plan.Target
 		if err := json.Unmarshal([]byte(tr.Target), &own); err != nil {
-			return h.finish(ctx, p, store.Failed, "stored target: "+err.Error())
+			return h.record(ctx, p, Next{Mode: store.ModeFinish, State: store.Failed, Reason: "stored target: " + err.Error()})
 		}
 		target = own
 	}
 	rp := spec.Retry.WithDefaults()
-	res, err := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter, tr.Attempts >= rp.MaxAttempts)
-	if err == nil {
-		return h.finish(ctx, p, res.state, res.reason, res.fields...)
-	}
-	return h.failed(ctx, p, err, attempt, rp)
-}
-
-type result struct {
-	state, reason string
-	fields        []string
+	o := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter, tr.Attempts >= rp.MaxAttempts)
+	return h.record(ctx, p, Decide(o, attempt, rp))
 }
 
 // apply is one try of one CVM: gate on the VMM, read, PATCH what differs,
-// verify. Errors are API errors for Classify; a nil error carries the
-// terminal state.
+// verify. It reports what it found; Decide says what follows.
 //
 // outOfAttempts: earlier tries used every attempt (the last one died
 // mid-way, maybe after its PATCH); this try may still record what it finds,
 // but sends no PATCH.
-func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, recheckVMM, outOfAttempts bool) (result, error) {
+func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, recheckVMM, outOfAttempts bool) Outcome {
 	rp := spec.Retry.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
@@ -139,139 +130,113 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 	if recheckVMM {
 		cvm, err := client.GetCVM(ctx, p.CVM)
 		if err != nil {
-			return result{}, err
+			return Outcome{Err: err}
 		}
 		if ok, reason := api.VMMGate(cvm.VMMVersion()); !ok {
-			return result{state: store.Skipped, reason: reason}, nil
+			return Outcome{State: store.Skipped, Reason: reason}
 		}
 	}
 	cur, err := client.GetNetworkConfig(ctx, p.CVM)
 	if err != nil {
-		return result{}, err
+		return Outcome{Err: err}
 	}
 	upd, changed := target.Diff(cur)
 	if !changed {
 		sent, err := h.Store.PatchSent(ctx, p.Rollout, p.CVM)
 		if err != nil {
-			return result{}, err
+			return Outcome{Err: err}
 		}
 		if sent { // an earlier try's PATCH landed but was not recorded
-			return result{state: store.Succeeded, reason: "applied by an earlier attempt",
-				fields: []string{"applied_kms", store.JSONList(cur.KMSURLs), "applied_gw", store.JSONList(cur.GatewayURLs), "patched", "1"}}, nil
+			return Outcome{State: store.Succeeded, Reason: "applied by an earlier attempt",
+				Fields: []string{"applied_kms", store.JSONList(cur.KMSURLs), "applied_gw", store.JSONList(cur.GatewayURLs), "patched", "1"}}
 		}
-		return result{state: store.Unchanged, reason: "already at target"}, nil
+		return Outcome{State: store.Unchanged, Reason: "already at target"}
 	}
 	if outOfAttempts {
-		return result{state: store.Failed, reason: fmt.Sprintf("no attempt left: %d tries used, the last one died mid-way", rp.MaxAttempts)}, nil
+		return Outcome{State: store.Failed, Reason: fmt.Sprintf("no attempt left: %d tries used, the last one died mid-way", rp.MaxAttempts)}
 	}
 	// A pause, cancel or tripped budget since this try began stops it
 	// here: no new PATCH goes out once the rollout is not running.
 	st, newlySent, err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs)
 	if err != nil {
-		return result{}, err
+		return Outcome{Err: err}
 	} else if st != store.RolloutRunning {
-		return result{}, &Snooze{After: h.recheck(), Reason: "rollout " + st}
+		return Outcome{Err: &Snooze{After: h.recheck(), Reason: "rollout " + string(st)}}
 	}
 	got, err := client.PatchNetworkConfig(ctx, p.CVM, upd)
 	var sn *Snooze
 	if errors.As(err, &sn) && newlySent {
 		// Our own rate limit held the PATCH back: it was not sent.
 		if uerr := h.Store.UnmarkPatching(context.WithoutCancel(ctx), p.Rollout, p.CVM); uerr != nil {
-			return result{}, uerr
+			return Outcome{Err: uerr}
 		}
 	}
 	if err != nil {
-		return result{}, err
+		return Outcome{Err: err}
 	}
 	if !target.Reached(got) {
-		return result{}, fmt.Errorf("PATCH answered 200 but the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)
+		return Outcome{Err: fmt.Errorf("PATCH answered 200 but the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)}
 	}
 	if target.Restart {
 		// The VMM applies the URLs at boot: success means the CVM is back
 		// up and still reports them.
 		if err := waitRunning(ctx, client, p.CVM); err != nil {
 			if ctx.Err() != nil {
-				return result{state: store.Failed, reason: fmt.Sprintf("patched, but the CVM was not running again within %s: %v", rp.Deadline, err),
-					fields: []string{"patched", "1"}}, nil
+				return Outcome{State: store.Failed, Reason: fmt.Sprintf("patched, but the CVM was not running again within %s: %v", rp.Deadline, err),
+					Fields: []string{"patched", "1"}}
 			}
-			return result{}, err
+			return Outcome{Err: err}
 		}
 		if got, err = client.GetNetworkConfig(ctx, p.CVM); err != nil {
-			return result{}, err
+			return Outcome{Err: err}
 		}
 		if !target.Reached(got) {
-			return result{}, fmt.Errorf("after the restart the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)
+			return Outcome{Err: fmt.Errorf("after the restart the config does not show the target (kms %v, gateway %v)", got.KMSURLs, got.GatewayURLs)}
 		}
 	}
-	return result{state: store.Succeeded, fields: []string{"applied_kms", store.JSONList(got.KMSURLs),
-		"applied_gw", store.JSONList(got.GatewayURLs), "patched", "1", "http_status", "200"}}, nil
+	return Outcome{State: store.Succeeded, Fields: []string{"applied_kms", store.JSONList(got.KMSURLs),
+		"applied_gw", store.JSONList(got.GatewayURLs), "patched", "1", "http_status", "200"}}
 }
 
-// failed records an error from apply as Classify decides and tells asynq
-// what to do: nil (recorded, done), a Snooze, or the error to retry.
+// record makes the move Decide chose and tells asynq what to do: nil
+// (recorded, done), a Snooze, or an error to retry after n.Wait.
 //
 // Attempts are counted in the CVM's record, not by asynq: asynq archives a
 // task whose retry count is used up even when the error is not a failure,
 // so a throttled last try would be lost. asynq's MaxRetry is only a
 // backstop (see SafetyMaxRetry).
-func (h *Handler) failed(ctx context.Context, p Payload, err error, attempt int, rp plan.Retry) error {
-	d := Classify(err)
-	status := strconv.Itoa(d.HTTP)
-	switch d.Kind {
-	case Done:
-		return h.finish(ctx, p, d.State, d.Reason, "http_status", status)
-	case Throttle:
-		return h.requeue(ctx, p, store.ModeSnooze, d.Reason, d.HTTP, &Snooze{After: d.After, Reason: d.Reason})
+func (h *Handler) record(ctx context.Context, p Payload, n Next) error {
+	fields := n.Fields
+	if n.HTTP != 0 {
+		fields = append(fields, "http_status", strconv.Itoa(n.HTTP))
 	}
-	if attempt >= rp.MaxAttempts {
-		return h.finish(ctx, p, store.Failed, fmt.Sprintf("%s (after %d attempts)", d.Reason, attempt), "http_status", status)
+	if n.Reason != "" || n.Mode == store.ModeFinish {
+		fields = append(fields, "reason", n.Reason)
 	}
-	return h.requeue(ctx, p, store.ModeRequeue, d.Reason, d.HTTP, &retryAfter{err: err, after: retryWait(d, attempt, rp.Backoff)})
-}
-
-// retryWait is the wait before the try after failed attempt number
-// attempt (1-based): the API's Retry-After, else the file's backoff. It is
-// decided here, from the attempts in the CVM's record, because asynq's own
-// retry count starts at 0 and also counts snoozes (throttles, pauses).
-func retryWait(d Decision, attempt int, b plan.Backoff) time.Duration {
-	if d.After > 0 {
-		return d.After
+	if n.Mode == store.ModeFinish {
+		fields = append(fields, "finished_at", now())
 	}
-	return b.Delay(attempt)
-}
-
-func (h *Handler) finish(ctx context.Context, p Payload, state, reason string, fields ...string) error {
-	fields = append(fields, "reason", reason, "finished_at", now())
-	tr, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, state, store.ModeFinish, time.Now(), fields...)
+	tr, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, n.State, n.Mode, time.Now(), fields...)
 	if err != nil {
 		return err
 	}
+	switch n.Mode {
+	case store.ModeSnooze:
+		if h.Observer != nil {
+			h.Observer.Snoozed(p.Rollout)
+		}
+		return &Snooze{After: n.Wait, Reason: n.Reason}
+	case store.ModeRequeue:
+		return &retryAfter{err: errors.New(n.Reason), after: n.Wait}
+	}
 	if h.Observer != nil && tr.Changed() {
-		h.Observer.Outcome(p.Rollout, state)
+		h.Observer.Outcome(p.Rollout, string(n.State))
 	}
 	if tr.Tripped != "" {
 		h.log().Warn("failure budget tripped", "rollout", p.Rollout, "cvm", p.CVM, "action", tr.Tripped)
 	}
-	h.log().Debug("cvm finished", "rollout", p.Rollout, "cvm", p.CVM, "state", state, "reason", reason)
+	h.log().Debug("cvm finished", "rollout", p.Rollout, "cvm", p.CVM, "state", n.State, "reason", n.Reason)
 	return nil
-}
-
-// requeue puts a running CVM back to pending and returns ret for asynq.
-func (h *Handler) requeue(ctx context.Context, p Payload, mode, reason string, status int, ret error) error {
-	fields := []string{}
-	if reason != "" {
-		fields = append(fields, "reason", reason)
-	}
-	if status != 0 {
-		fields = append(fields, "http_status", strconv.Itoa(status))
-	}
-	if _, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, store.Pending, mode, time.Now(), fields...); err != nil {
-		return err
-	}
-	if h.Observer != nil && mode == store.ModeSnooze {
-		h.Observer.Snoozed(p.Rollout)
-	}
-	return ret
 }
 
 // waitRunning polls GET /cvms/{id} with backoff (0.5s doubling to 10s)
@@ -305,21 +270,15 @@ func (h *Handler) spec(ctx context.Context, id string) (*rolloutSpec, error) {
 	if f, ok := h.specs.Load(id); ok {
 		return f.(*rolloutSpec), nil
 	}
-	vals, err := h.Store.Redis().HMGet(ctx, store.RolloutKey(id), "spec", "created_at").Result()
+	raw, created, err := h.Store.Spec(ctx, id)
 	if err != nil {
 		return nil, err
-	}
-	raw, _ := vals[0].(string)
-	created, _ := vals[1].(string)
-	if raw == "" {
-		return nil, fmt.Errorf("%w: %s", store.ErrNotFound, id)
 	}
 	var f plan.File
 	if err := json.Unmarshal([]byte(raw), &f); err != nil {
 		return nil, fmt.Errorf("rollout %s: stored spec: %w", id, err)
 	}
-	rs := &rolloutSpec{file: &f}
-	rs.planned, _ = time.Parse(time.RFC3339Nano, created)
+	rs := &rolloutSpec{file: &f, planned: created}
 	h.specs.Store(id, rs)
 	return rs, nil
 }

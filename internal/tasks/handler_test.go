@@ -31,7 +31,7 @@ func applyAll(t *testing.T, b *testutil.Bundle, retry string) *plan.Plan {
 		t.Fatal(err)
 	}
 	c := control.New(b.RDB)
-	if _, err := c.Apply(ctx, p, "test", time.Now()); err != nil {
+	if _, err := c.Apply(ctx, p, "test", time.Now(), control.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return p

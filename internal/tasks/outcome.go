@@ -9,7 +9,69 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/store"
 )
+
+// Outcome is what one try of one CVM came to: the terminal state the try
+// found (Err nil: succeeded, unchanged, skipped, or failed without asking
+// the API again), or the error it ended on.
+type Outcome struct {
+	State  store.CVMState
+	Reason string
+	Fields []string // record fields that go with State
+	Err    error
+}
+
+// Next is what happens to the CVM after a try.
+type Next struct {
+	Mode   store.Mode     // ModeFinish, ModeRequeue (an attempt used) or ModeSnooze (not an attempt)
+	State  store.CVMState // after the move: terminal for a finish, else pending
+	Reason string
+	HTTP   int           // the API's status, 0 for none
+	Wait   time.Duration // before the next try (requeue, snooze)
+	Fields []string
+}
+
+// Decide is the one place that maps the outcome of try number attempt
+// (1-based, counting the tries before it) to what happens next; README's
+// "What each API answer leads to" is its table, and TestDecide mirrors it:
+//
+//	a state the try found      finish with it
+//	Done (see Classify)        finish failed or skipped, never retried
+//	Throttle                   snooze: wait, back to pending, no attempt used
+//	Retry, attempts left       requeue: back to pending after the backoff
+//	                           (or Retry-After), an attempt used
+//	Retry, the last attempt    finish failed "... (after N attempts)"
+func Decide(o Outcome, attempt int, rp plan.Retry) Next {
+	if o.Err == nil {
+		return Next{Mode: store.ModeFinish, State: o.State, Reason: o.Reason, Fields: o.Fields}
+	}
+	d := Classify(o.Err)
+	n := Next{Reason: d.Reason, HTTP: d.HTTP, State: store.Pending}
+	switch {
+	case d.Kind == Done:
+		n.Mode, n.State = store.ModeFinish, d.State
+	case d.Kind == Throttle:
+		n.Mode, n.Wait = store.ModeSnooze, d.After
+	case attempt >= rp.MaxAttempts:
+		n.Mode, n.State, n.Reason = store.ModeFinish, store.Failed, fmt.Sprintf("%s (after %d attempts)", d.Reason, attempt)
+	default:
+		n.Mode, n.Wait = store.ModeRequeue, retryWait(d, attempt, rp.Backoff)
+	}
+	return n
+}
+
+// retryWait is the wait before the try after failed attempt number
+// attempt (1-based): the API's Retry-After, else the file's backoff. It is
+// decided here, from the attempts in the CVM's record, because asynq's own
+// retry count starts at 0 and also counts snoozes (throttles, pauses).
+func retryWait(d Decision, attempt int, b plan.Backoff) time.Duration {
+	if d.After > 0 {
+		return d.After
+	}
+	return b.Delay(attempt)
+}
 
 // Kind is what the queue does after an attempt.
 type Kind int
@@ -23,9 +85,9 @@ const (
 // Decision is the outcome of one API error for the queue.
 type Decision struct {
 	Kind   Kind
-	State  string        // for Done: failed or skipped
-	Reason string        // what the report shows
-	After  time.Duration // for Throttle (and a Retry that carries Retry-After)
+	State  store.CVMState // for Done: failed or skipped
+	Reason string         // what the report shows
+	After  time.Duration  // for Throttle (and a Retry that carries Retry-After)
 	HTTP   int
 }
 
@@ -48,11 +110,11 @@ func Classify(err error) Decision {
 				d.After = time.Second
 			}
 		case s == http.StatusBadRequest && strings.Contains(strings.ToLower(ae.Message), "vmm"):
-			d.Kind, d.State = Done, "skipped"
+			d.Kind, d.State = Done, store.Skipped
 		case s == http.StatusConflict, s >= 500:
 			d.Kind, d.After = Retry, ae.RetryAfter
 		default: // 400, 401, 403, 404, 422 and any other 4xx
-			d.Kind, d.State = Done, "failed"
+			d.Kind, d.State = Done, store.Failed
 		}
 		return d
 	}

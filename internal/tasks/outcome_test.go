@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/store"
 )
 
 func TestClassify(t *testing.T) {
@@ -19,7 +20,7 @@ func TestClassify(t *testing.T) {
 		name  string
 		err   error
 		kind  Kind
-		state string
+		state store.CVMState
 		after time.Duration
 	}{
 		{"old VMM 400", apiErr(400, "VMM too old: VMM 0.5.6 is below 0.5.7", 0), Done, "skipped", 0},

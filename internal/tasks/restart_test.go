@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
@@ -63,7 +64,7 @@ func TestConflictIsRetried(t *testing.T) {
 		}
 		busy := p.Items[0].CVMID
 		b.Sim.FailPatch(busy, 409)
-		if _, err := b.Control().Apply(context.Background(), p, "t", time.Now()); err != nil {
+		if _, err := b.Control().Apply(context.Background(), p, "t", time.Now(), control.ApplyOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		b.Workers(t, 1, 4)

@@ -56,7 +56,10 @@ func TestNoPatchPastMaxAttempts(t *testing.T) {
 		victim := p.Items[0].CVMID
 		ctx := t.Context()
 		// One failed try, then a second that died while running.
-		for _, m := range []struct{ to, mode string }{{store.Running, store.ModeBegin}, {store.Pending, store.ModeRequeue}, {store.Running, store.ModeBegin}} {
+		for _, m := range []struct {
+			to   store.CVMState
+			mode store.Mode
+		}{{store.Running, store.ModeBegin}, {store.Pending, store.ModeRequeue}, {store.Running, store.ModeBegin}} {
 			if _, err := b.Store.Move(ctx, p.ID, victim, m.to, m.mode, time.Now()); err != nil {
 				t.Fatal(err)
 			}

@@ -121,7 +121,7 @@ func (b *Bundle) Workers(t testing.TB, n, concurrency int) (stop func()) {
 }
 
 // WaitState polls until the rollout reaches one of states, or fails the test.
-func (b *Bundle) WaitState(t testing.TB, id string, timeout time.Duration, states ...string) *store.Rollout {
+func (b *Bundle) WaitState(t testing.TB, id string, timeout time.Duration, states ...store.RolloutState) *store.Rollout {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -162,7 +162,7 @@ func (b *Bundle) Apply(t testing.TB, yaml string) *plan.Plan {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Control().Apply(ctx, p, "test", time.Now()); err != nil {
+	if _, err := b.Control().Apply(ctx, p, "test", time.Now(), control.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return p

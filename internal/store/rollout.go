@@ -1,0 +1,326 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The rollout state machine (docs/state_machine.md draws it). Each
+// operation below is one run of moveScript: it checks the state it starts
+// from (and its other conditions), then writes the state, the reason, its
+// fields, the family's going set and the audit line together, or nothing.
+// A refusal is a *NotAllowedError (or *BusyError) saying why; the state
+// found comes back either way.
+//
+// The fleet-wide sets (active, repeating) are in another slot and are
+// kept as supersets: an operation that may need driving adds to them
+// before its move, one that ends removes after it, and the controller
+// settles an entry a crash left behind (Settle, StopRepeats).
+
+// move is moveScript's argument.
+type move struct {
+	op        string
+	ID        string                        `json:"id"`
+	Root      string                        `json:"root"`
+	From      []RolloutState                `json:"from"`
+	To        RolloutState                  `json:"to,omitempty"`
+	ToIf      map[RolloutState]RolloutState `json:"to_if,omitempty"` // per state found; overrides To
+	Reason    *string                       `json:"reason,omitempty"`
+	Set       map[string]string             `json:"set,omitempty"`
+	SetNX     map[string]string             `json:"setnx,omitempty"`
+	Require   map[string]string             `json:"require,omitempty"` // field == value
+	Unless    map[string]string             `json:"unless,omitempty"`  // field != value
+	Zero      []string                      `json:"zero,omitempty"`    // counters that must be 0
+	NonZero   []string                      `json:"nonzero,omitempty"`
+	Exclusive bool                          `json:"exclusive,omitempty"` // no other family member going
+	Going     string                        `json:"going,omitempty"`     // add | rem
+	Incr      string                        `json:"incr,omitempty"`      // a counter to bump, returned
+	Reset     []string                      `json:"reset,omitempty"`     // failed CVMs to reset under the bumped generation
+	Event     *Event                        `json:"event,omitempty"`
+	Now       string                        `json:"now"`
+}
+
+var (
+	live    = []RolloutState{RolloutScheduled, RolloutRunning, RolloutPaused}
+	anyward = []RolloutState{RolloutScheduled, RolloutRunning, RolloutPaused, RolloutCompleted, RolloutCancelled}
+)
+
+func str(s string) *string { return &s }
+
+// run applies m to rollout id at now, with the audit line by: what (none
+// if what is ""). It returns the state found and the incremented value.
+func (s *Store) run(ctx context.Context, id string, now time.Time, by, what string, m move) (RolloutState, []int64, error) {
+	m.ID, m.Root, m.Now = id, Family(id), now.UTC().Format(time.RFC3339Nano)
+	if what != "" {
+		m.Event = &Event{At: now.UTC().Truncate(time.Second), By: by, What: what}
+	}
+	arg, err := json.Marshal(m)
+	if err != nil {
+		return "", nil, err
+	}
+	res, err := moveScript.Run(ctx, s.rdb, []string{RolloutKey(id), EventsKey(id), GoingKey(id)}, arg).Slice()
+	if err != nil {
+		return "", nil, err
+	}
+	cur, _ := res[0].(string)
+	verdict, _ := res[1].(string)
+	var nums []int64
+	for _, v := range res[2:] {
+		n, _ := v.(int64)
+		nums = append(nums, n)
+	}
+	state := RolloutState(cur)
+	switch {
+	case verdict == "ok":
+		return state, nums, nil
+	case verdict == "missing":
+		return "", nil, notFound(id)
+	case verdict == "state":
+		return state, nil, &NotAllowedError{Op: m.op, ID: id, State: state}
+	case strings.HasPrefix(verdict, "busy:"):
+		return state, nil, &BusyError{Op: m.op, ID: id, Other: strings.TrimPrefix(verdict, "busy:")}
+	}
+	return state, nil, &NotAllowedError{Op: m.op, ID: id, State: state, Why: refusal(m.op, verdict)}
+}
+
+// refusal words a failed condition of an operation for the operator.
+func refusal(op, verdict string) string {
+	switch {
+	case op == "promote" && strings.HasPrefix(verdict, "zero:"):
+		return "its current stage still has CVMs to do; promote it once it is done (status says when it waits)"
+	case op == "promote":
+		return "the stage moved on meanwhile (or was promoted already)"
+	case op == "retry" && verdict == "nonzero:n:failed":
+		return "it has no failed CVMs"
+	case verdict == "unless:ended":
+		return "schedule.end_at was applied already"
+	case verdict == "require:repeat":
+		return "it does not repeat"
+	}
+	return "not allowed now (" + verdict + ")"
+}
+
+// operatorWords are an operator's move's reason (the operator's own, or
+// "<done> by <who>") and its audit line.
+func operatorWords(op, done, by, reason string) (why, what string) {
+	why, what = reason, op+" {move}"
+	if reason == "" {
+		return done + " by " + by, what
+	}
+	return why, what + ": " + reason
+}
+
+// Pause stops a running or scheduled rollout from starting CVMs.
+func (s *Store) Pause(ctx context.Context, id, by, reason string, now time.Time) (RolloutState, error) {
+	why, what := operatorWords("pause", "paused", by, reason)
+	return s.state(ctx, id, now, by, what, move{op: "pause", From: []RolloutState{RolloutRunning, RolloutScheduled}, To: RolloutPaused, Reason: str(why)})
+}
+
+// Resume continues a paused rollout, unless another member of its family
+// is going. maxFailed >= 0 raises the failure budget to that many failures
+// in the same step (and only if the resume goes ahead).
+func (s *Store) Resume(ctx context.Context, id, by string, maxFailed int, now time.Time) (RolloutState, error) {
+	m := move{op: "resume", From: []RolloutState{RolloutPaused}, To: RolloutRunning, Reason: str(""), Exclusive: true, Going: "add"}
+	what := "resume {move}"
+	if maxFailed >= 0 {
+		m.Set = map[string]string{"budget_max_failed": strconv.Itoa(maxFailed)}
+		what += fmt.Sprintf(", failure budget raised to max_failed %d", maxFailed)
+	}
+	if err := s.rdb.SAdd(ctx, ActiveKey, id).Err(); err != nil {
+		return "", err
+	}
+	return s.state(ctx, id, now, by, what, m)
+}
+
+// Cancel ends a rollout that has not finished; CVMs not started become
+// cancelled (the controller marks them). It also stops the rollout's
+// repeats, and for a completed repeating rollout that is all it does:
+// stopped says whether repeats were stopped.
+func (s *Store) Cancel(ctx context.Context, id, by, reason string, now time.Time) (before RolloutState, stopped bool, err error) {
+	why, what := operatorWords("cancel", "cancelled", by, reason)
+	r, err := s.Get(ctx, id)
+	if err != nil {
+		return "", false, err
+	}
+	before, err = s.state(ctx, id, now, by, what, move{op: "cancel", From: live, To: RolloutCancelled, Reason: str(why), Set: map[string]string{"repeat": "0"}})
+	stopped = err == nil && r.Repeat
+	if ne := (*NotAllowedError)(nil); errors.As(err, &ne) && ne.State == RolloutCompleted && r.Repeat {
+		stopped, err = s.StopRepeats(ctx, id, by, "repeats stopped by cancel", now)
+	}
+	if err == nil {
+		err = s.rdb.SRem(ctx, RepeatingKey, id).Err()
+	}
+	return before, stopped, err
+}
+
+// StopRepeats ends a rollout's schedule.repeat (a cancel of its completed
+// root, a rollback, end_at). It reports whether it was repeating.
+func (s *Store) StopRepeats(ctx context.Context, id, by, what string, now time.Time) (bool, error) {
+	_, err := s.state(ctx, id, now, by, what, move{op: "stop repeats", From: anyward, Require: map[string]string{"repeat": "1"}, Set: map[string]string{"repeat": "0"}})
+	was := err == nil
+	var ne *NotAllowedError
+	if errors.As(err, &ne) {
+		err = nil // it was not repeating
+	}
+	if err != nil {
+		return false, err
+	}
+	return was, s.rdb.SRem(ctx, RepeatingKey, id).Err()
+}
+
+// Open lets a scheduled rollout run (its schedule allows it now).
+func (s *Store) Open(ctx context.Context, id string, now time.Time) error {
+	_, err := s.state(ctx, id, now, "controller", "started dispatching (schedule allows it)",
+		move{op: "open", From: []RolloutState{RolloutScheduled}, To: RolloutRunning, Reason: str("")})
+	return err
+}
+
+// Close stops dispatching a running rollout until its schedule opens.
+func (s *Store) Close(ctx context.Context, id, why string, now time.Time) error {
+	_, err := s.state(ctx, id, now, "controller", "stopped dispatching: "+why,
+		move{op: "close", From: []RolloutState{RolloutRunning}, To: RolloutScheduled, Reason: str(why)})
+	return err
+}
+
+// End applies schedule.end_at, once: to is cancelled or paused. An
+// operator who resumes after it means it.
+func (s *Store) End(ctx context.Context, id string, to RolloutState, why string, now time.Time) error {
+	_, err := s.state(ctx, id, now, "controller", why, move{op: "end", From: live, To: to, Reason: str(why),
+		Unless: map[string]string{"ended": "1"}, Set: map[string]string{"ended": "1", "repeat": "0"}})
+	return err
+}
+
+// Complete finishes a running rollout with no CVM left to do. Settle
+// then gives its claims back.
+func (s *Store) Complete(ctx context.Context, id string, now time.Time) error {
+	_, err := s.state(ctx, id, now, "controller", "completed", move{op: "complete", From: []RolloutState{RolloutRunning}, To: RolloutCompleted,
+		Reason: str(""), Zero: []string{countField(Pending), countField(Running)}, Going: "rem"})
+	return err
+}
+
+// Promote lets stage (the current one, done) move on: past a manual gate,
+// or before its bake has run out. Of two promotes at once, one is recorded.
+func (s *Store) Promote(ctx context.Context, id string, stage int, by string, now time.Time) error {
+	n := strconv.Itoa(stage)
+	_, err := s.state(ctx, id, now, by, fmt.Sprintf("stage %d promoted", stage+1), move{op: "promote", From: live,
+		Require: map[string]string{"stage": n}, Unless: map[string]string{"promoted": n},
+		Zero: []string{stageCountField(stage, Pending), stageCountField(stage, Running)}, Set: map[string]string{"promoted": n}})
+	return err
+}
+
+// Advance starts the stage after from (the current one, done and past its
+// gate).
+func (s *Store) Advance(ctx context.Context, id string, from int, name string, now time.Time) error {
+	_, err := s.state(ctx, id, now, "controller", fmt.Sprintf("stage %d (%s) started", from+2, name), move{op: "advance",
+		From: []RolloutState{RolloutRunning}, Require: map[string]string{"stage": strconv.Itoa(from)},
+		Set: map[string]string{"stage": strconv.Itoa(from + 1)}, Reason: str("")})
+	return err
+}
+
+// Retry is retry --failed's move: unless the rollout is cancelled, has no
+// failed CVM, or another member of its family is going, it bumps the task
+// generation, resets the failed CVMs of cvms (those still failed) to
+// pending under it, puts a completed rollout back to running (a paused or
+// scheduled one keeps its state) and marks it going, in one step: a run
+// or rollback starting at the same moment either sees it going or wins,
+// and the controller never sees it running with nothing to do. The caller
+// then queues the CVMs (and the controller does, if the caller dies:
+// Requeue).
+func (s *Store) Retry(ctx context.Context, id, by string, cvms []string, now time.Time) (gen, reset int, err error) {
+	if err := s.rdb.SAdd(ctx, ActiveKey, id).Err(); err != nil {
+		return 0, 0, err
+	}
+	_, nums, err := s.run(ctx, id, now, by, fmt.Sprintf("retry --failed: %d failed CVMs to queue again", len(cvms)), move{op: "retry",
+		From:    []RolloutState{RolloutScheduled, RolloutRunning, RolloutPaused, RolloutCompleted},
+		ToIf:    map[RolloutState]RolloutState{RolloutCompleted: RolloutRunning},
+		NonZero: []string{countField(Failed)}, Exclusive: true, Going: "add", Incr: "gen", Reset: cvms})
+	if err != nil {
+		return 0, 0, err
+	}
+	return int(nums[0]), int(nums[1]), nil
+}
+
+// Requeued records that every CVM reset up to task generation gen was
+// queued (see Rollout.Requeued).
+func (s *Store) Requeued(ctx context.Context, id string, gen int) error {
+	return s.rdb.HSet(ctx, RolloutKey(id), "requeued", gen).Err()
+}
+
+// Busy is the member of id's family, other than id, that is going, or "".
+// A check for a clear early answer; the operations check again atomically.
+func (s *Store) Busy(ctx context.Context, id string) (string, error) {
+	return busyScript.Run(ctx, s.rdb, []string{GoingKey(id)}, Family(id), id).Text()
+}
+
+// SetReason notes why a rollout in state waits (a bake, a manual gate, a
+// window), if it is still in that state. No audit line: it is not a move.
+func (s *Store) SetReason(ctx context.Context, id string, state RolloutState, why string, now time.Time) error {
+	_, err := s.state(ctx, id, now, "", "", move{op: "note", From: []RolloutState{state}, Reason: str(why)})
+	if _, ok := err.(*NotAllowedError); ok {
+		return nil // it moved on meanwhile
+	}
+	return err
+}
+
+// StageDone records when the controller first saw stage done, and returns
+// that time (the bake counts from it, whatever restarts).
+func (s *Store) StageDone(ctx context.Context, id string, stage int, now time.Time) (time.Time, error) {
+	f := stageField(stage, "done_at")
+	if err := s.rdb.HSetNX(ctx, RolloutKey(id), f, now.UTC().Format(time.RFC3339Nano)).Err(); err != nil {
+		return time.Time{}, err
+	}
+	v, err := s.rdb.HGet(ctx, RolloutKey(id), f).Result()
+	return parseTime(v), err
+}
+
+// Dispatched records that stage's tasks were queued.
+func (s *Store) Dispatched(ctx context.Context, id string, stage int) error {
+	return s.rdb.HSet(ctx, RolloutKey(id), "dispatched", stage).Err()
+}
+
+// NoteCheck records a repeat's re-plan that found nothing to do.
+func (s *Store) NoteCheck(ctx context.Context, id string, now time.Time, what string) error {
+	return s.rdb.HSet(ctx, RolloutKey(id), "last_check_at", now.UTC().Format(time.RFC3339Nano), "last_check", what).Err()
+}
+
+// state is run for operations whose caller needs only the state found.
+func (s *Store) state(ctx context.Context, id string, now time.Time, by, what string, m move) (RolloutState, error) {
+	st, _, err := s.run(ctx, id, now, by, what, m)
+	return st, err
+}
+
+// Settle takes a rollout out of the controller's hands once it needs no
+// more driving (completed, or cancelled with no CVM left in flight): its
+// CVM claims go back, then it leaves the active set. Until then (or if
+// it is not finished), it does nothing and reports false.
+func (s *Store) Settle(ctx context.Context, id string) (bool, error) {
+	r, err := s.Get(ctx, id)
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrNotFound):
+		// Not recorded: an apply that died before ready, unless one is
+		// recording it now.
+		if held, err := s.Creating(ctx, id); err != nil || held {
+			return false, err
+		}
+		return true, s.rdb.SRem(ctx, ActiveKey, id).Err()
+	default:
+		return false, err
+	}
+	if !(r.State == RolloutCompleted || r.State == RolloutCancelled && r.Counts[Pending]+r.Counts[Running] == 0) {
+		return false, nil
+	}
+	ids, err := s.CVMIDs(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	if err := s.ReleaseClaims(ctx, id, ids); err != nil {
+		return false, err
+	}
+	return true, s.rdb.SRem(ctx, ActiveKey, id).Err()
+}
