@@ -8,13 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/phalafleet/rollout/internal/textsafe"
 	"gopkg.in/yaml.v3"
 )
 
@@ -27,13 +30,16 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	// One line, whatever a message quotes from the file.
-	msg := strings.NewReplacer("\r", `\r`, "\n", `\n`).Replace(e.Msg)
+	// One line of bounded length, whatever a message quotes from the file.
 	if e.Line > 0 {
-		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, msg)
+		return textsafe.Line(fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg))
 	}
-	return fmt.Sprintf("%s: %s", e.Path, msg)
+	return textsafe.Line(fmt.Sprintf("%s: %s", e.Path, e.Msg))
 }
+
+// quote is how a message quotes a value from the file: as %q does, cut to
+// textsafe.MaxQuoted runes, so a 20 MB value gives a short line.
+func quote(s string) string { return textsafe.Quote(s, textsafe.MaxQuoted) }
 
 type lineError struct {
 	line int
@@ -103,14 +109,9 @@ func Parse(path string, data []byte) (*File, error) {
 }
 
 var (
-	strType         = reflect.TypeFor[Str]()
-	unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+	strType  = reflect.TypeFor[Str]()
+	timeType = reflect.TypeFor[time.Time]()
 )
-
-// hasOwnYAML reports whether t decodes itself (Str, a stage, a window, ...).
-func hasOwnYAML(t reflect.Type) bool {
-	return t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType)
-}
 
 func derefPointer(t reflect.Type) reflect.Type {
 	for t.Kind() == reflect.Pointer {
@@ -125,12 +126,19 @@ func derefPointer(t reflect.Type) reflect.Type {
 //     would become [] and reset the list;
 //   - a list key with no value (`kms_urls:`), which reads as "omitted";
 //   - anything but true/false for a boolean: yaml.v3 takes yes/no/on/off,
-//     even quoted, for a bool field.
+//     even quoted, for a bool field;
+//   - a number that is not finite (.inf, .nan): the file's hash (its JSON)
+//     cannot hold one, so such files would not get a rollout id of their own;
+//   - a time that does not parse, which yaml.v3 reports without a line or a
+//     key, or that JSON cannot hold (an offset of +24:00).
 //
-// Wrong kinds (a list where a mapping belongs) are left to the decoder.
+// It also walks the mappings of a type that decodes itself (a stage, a
+// window: their mapping form decodes field by field) and the mapping items
+// of a list. Wrong kinds (a list where a mapping belongs) are left to the
+// decoder.
 func checkTree(n *yaml.Node, t reflect.Type, path string) *lineError {
 	t = derefPointer(t)
-	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct || hasOwnYAML(t) {
+	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct {
 		return nil
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -146,6 +154,14 @@ func checkTree(n *yaml.Node, t reflect.Type, path string) *lineError {
 			if v.Kind == yaml.ScalarNode && v.ShortTag() != "!!bool" {
 				return &lineError{v.Line, fmt.Sprintf("%s: expected true or false, got %s", key, describe(v))}
 			}
+		case ft.Kind() == reflect.Float64 || ft.Kind() == reflect.Float32:
+			if err := checkFinite(v, key); err != nil {
+				return err
+			}
+		case ft == timeType:
+			if err := checkTime(v, key); err != nil {
+				return err
+			}
 		case ft.Kind() == reflect.Slice:
 			if v.ShortTag() == "!!null" {
 				if f.Type.Kind() == reflect.Pointer {
@@ -154,12 +170,15 @@ func checkTree(n *yaml.Node, t reflect.Type, path string) *lineError {
 				return &lineError{k.Line, fmt.Sprintf("%s has no value: write a list ([] for none) or leave the key out", key)}
 			}
 			if v.Kind == yaml.SequenceNode {
-				for _, it := range v.Content {
+				for j, it := range v.Content {
 					switch {
 					case it.ShortTag() == "!!null":
 						return &lineError{it.Line, fmt.Sprintf("%s has an empty item", key)}
 					case it.Kind != yaml.ScalarNode && ft.Elem() == strType:
 						return &lineError{it.Line, fmt.Sprintf("%s: expected a list of strings, got an item that is %s", key, describe(it))}
+					}
+					if err := checkTree(it, ft.Elem(), fmt.Sprintf("%s[%d]", key, j)); err != nil {
+						return err
 					}
 				}
 			}
@@ -170,6 +189,45 @@ func checkTree(n *yaml.Node, t reflect.Type, path string) *lineError {
 		}
 	}
 	return nil
+}
+
+// checkFinite rejects .inf and .nan for a number key.
+func checkFinite(v *yaml.Node, key string) *lineError {
+	var f float64
+	if v.Kind != yaml.ScalarNode || v.Decode(&f) != nil {
+		return nil // not a number: the decoder says so
+	}
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		return &lineError{v.Line, fmt.Sprintf("%s: expected a finite number, got %s", key, textsafe.Cut(v.Value, textsafe.MaxQuoted))}
+	}
+	return nil
+}
+
+// checkTime rejects a time key's value that does not parse as RFC 3339 or
+// that JSON cannot write, naming the key and its line.
+func checkTime(v *yaml.Node, key string) *lineError {
+	if v.Kind != yaml.ScalarNode || v.ShortTag() == "!!null" {
+		return nil
+	}
+	var t time.Time
+	err := v.Decode(&t)
+	if err == nil {
+		_, err = t.MarshalJSON()
+	}
+	if err == nil {
+		return nil
+	}
+	why := ""
+	var pe *time.ParseError
+	switch {
+	case errors.As(err, &pe):
+		if m := strings.TrimPrefix(pe.Message, ": "); m != "" {
+			why = " (" + m + ")"
+		}
+	case !errors.As(err, new(*yaml.TypeError)):
+		why = " (" + strings.TrimPrefix(err.Error(), "Time.MarshalJSON: ") + ")"
+	}
+	return &lineError{v.Line, fmt.Sprintf("%s: expected an RFC 3339 time such as 2026-07-01T09:00:00Z, got %s%s", key, describe(v), why)}
 }
 
 // fieldByKey finds the struct field a YAML key decodes into.
@@ -304,9 +362,9 @@ func friendlier(doc *yaml.Node, line int, msg string) string {
 			})
 		}
 		if len(known) == 0 {
-			return fmt.Sprintf("unknown key %q%s", m[1], where)
+			return fmt.Sprintf("unknown key %s%s", quote(m[1]), where)
 		}
-		return fmt.Sprintf("unknown key %q%s (known keys: %s)", m[1], where, strings.Join(known, ", "))
+		return fmt.Sprintf("unknown key %s%s (known keys: %s)", quote(m[1]), where, strings.Join(known, ", "))
 	}
 	if m := cannotUnmarshal.FindStringSubmatch(msg); m != nil {
 		want := m[3]
@@ -341,7 +399,7 @@ func friendlier(doc *yaml.Node, line int, msg string) string {
 		}
 		got := yamlKind(m[1])
 		if m[2] != "" {
-			got += fmt.Sprintf(" %q", m[2])
+			got += " " + quote(m[2])
 		}
 		return fmt.Sprintf("expected %s, got %s", want, got)
 	}
@@ -370,9 +428,9 @@ func describe(n *yaml.Node) string {
 		return "null"
 	}
 	if t := nodeTag(n); t != "str" {
-		return yamlKind(t) + " " + n.Value
+		return yamlKind(t) + " " + textsafe.Cut(n.Value, textsafe.MaxQuoted)
 	}
-	return fmt.Sprintf("the string %q", n.Value)
+	return "the string " + quote(n.Value)
 }
 
 func yamlKind(tag string) string {
@@ -387,6 +445,8 @@ func yamlKind(tag string) string {
 		return "the number"
 	case "bool":
 		return "the boolean"
+	case "timestamp":
+		return "the time"
 	case "null":
 		return "null"
 	}
@@ -402,7 +462,7 @@ func kindName(n *yaml.Node) string {
 	case n.Tag == "!!null":
 		return "null"
 	}
-	return fmt.Sprintf("%q", n.Value)
+	return quote(n.Value)
 }
 
 // checkDuplicateKeys rejects a key given twice in one mapping (yaml.v3
@@ -413,7 +473,7 @@ func checkDuplicateKeys(n *yaml.Node) error {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := n.Content[i]
 			if first, ok := seen[k.Value]; ok {
-				return &lineError{k.Line, fmt.Sprintf("key %q given twice (first on line %d)", k.Value, first)}
+				return &lineError{k.Line, fmt.Sprintf("key %s given twice (first on line %d)", quote(k.Value), first)}
 			}
 			seen[k.Value] = k.Line
 		}

@@ -21,7 +21,7 @@ func (f *File) validate(root *yaml.Node) error {
 		return &lineError{max(1, keyLine(root, "name")), "name is required"}
 	}
 	if !namePattern.MatchString(f.Name) {
-		return &lineError{keyLine(root, "name"), fmt.Sprintf("name %q must be 1-48 lowercase letters, digits and dashes, starting and ending with a letter or digit", f.Name)}
+		return &lineError{keyLine(root, "name"), fmt.Sprintf("name %s must be 1-48 lowercase letters, digits and dashes, starting and ending with a letter or digit", quote(f.Name))}
 	}
 	if err := f.Selector.validate(root); err != nil {
 		return err
@@ -89,16 +89,16 @@ func (s *Selector) validate(root *yaml.Node) error {
 				return &lineError{it.Line, fmt.Sprintf("selector.%s has an empty item", kl.key)}
 			}
 			if first, ok := seen[it.V]; ok {
-				return &lineError{it.Line, fmt.Sprintf("selector.%s lists %q twice (first on line %d)", kl.key, it.V, first)}
+				return &lineError{it.Line, fmt.Sprintf("selector.%s lists %s twice (first on line %d)", kl.key, quote(it.V), first)}
 			}
 			seen[it.V] = it.Line
 			if kl.key == "names" {
 				if _, err := matchGlob(it.V, ""); err != nil {
-					return &lineError{it.Line, fmt.Sprintf("selector.names: %q is not a valid glob", it.V)}
+					return &lineError{it.Line, fmt.Sprintf("selector.names: %s is not a valid glob", quote(it.V))}
 				}
 			}
 			if (kl.key == "ids" || kl.key == "exclude_ids") && strings.ContainsAny(it.V, "/ \t") {
-				return &lineError{it.Line, fmt.Sprintf("selector.%s: %q is not a CVM id (ids look like cvm_ykL5lbAn)", kl.key, it.V)}
+				return &lineError{it.Line, fmt.Sprintf("selector.%s: %s is not a CVM id (ids look like cvm_ykL5lbAn)", kl.key, quote(it.V))}
 			}
 		}
 	}
@@ -123,10 +123,10 @@ func (t *Target) validate(root *yaml.Node) error {
 		seen := map[string]int{}
 		for i, it := range *l.p {
 			if err := checkURL(it.V); err != nil {
-				return &lineError{it.Line, fmt.Sprintf("target.%s[%d]: %q %s", l.key, i, redactURL(it.V), err)}
+				return &lineError{it.Line, fmt.Sprintf("target.%s[%d]: %s %s", l.key, i, quote(redactURL(it.V)), err)}
 			}
 			if first, ok := seen[it.V]; ok {
-				return &lineError{it.Line, fmt.Sprintf("target.%s lists %q twice (first on line %d)", l.key, redactURL(it.V), first)}
+				return &lineError{it.Line, fmt.Sprintf("target.%s lists %s twice (first on line %d)", l.key, quote(redactURL(it.V)), first)}
 			}
 			seen[it.V] = it.Line
 		}

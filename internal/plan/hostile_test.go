@@ -1,0 +1,84 @@
+package plan
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/phalafleet/rollout/internal/textsafe"
+)
+
+// TestHostileFiles feeds Parse files built to break its error lines or the
+// rollout id: each must give one "FILE:LINE: ..." line of bounded length,
+// without control characters, that names the key.
+func TestHostileFiles(t *testing.T) {
+	t.Parallel()
+	const head = "name: a\nselector:\n  all: true\ntarget:\n  kms_urls: [\"https://kms.example\"]\n" // lines 1-5
+	big := strings.Repeat("a", 20<<20)
+	cases := []struct {
+		name string
+		yaml string
+		want []string // parts of the error line, in order
+	}{
+		{"rate .inf", head + "rate:\n  per_second: .inf\n", []string{"bad.yaml:7: rate.per_second: expected a finite number, got .inf"}},
+		{"rate .nan", head + "rate:\n  per_minute: .NaN\n", []string{"bad.yaml:7: rate.per_minute: expected a finite number, got .NaN"}},
+		{"rate -.inf", head + "rate:\n  per_second: -.Inf\n", []string{"bad.yaml:7: rate.per_second: expected a finite number, got -.Inf"}},
+		{"stage percent .nan", head + "stages:\n  - 1\n  - {percent: .nan}\n", []string{"bad.yaml:8: stages[1].percent: expected a finite number, got .nan"}},
+		{"start_at words", head + "schedule:\n  start_at: tomorrow\n",
+			[]string{`bad.yaml:7: schedule.start_at: expected an RFC 3339 time such as 2026-07-01T09:00:00Z, got the string "tomorrow"`}},
+		{"end_at out of range", head + "schedule:\n  end_at: 2025-13-45T99:00:00Z\n",
+			[]string{`bad.yaml:7: schedule.end_at: expected an RFC 3339 time such as 2026-07-01T09:00:00Z, got the string "2025-13-45T99:00:00Z" (month out of range)`}},
+		{"start_at offset the hash cannot encode", head + "schedule:\n  start_at: 2025-01-01T00:00:00+24:00\n",
+			[]string{`bad.yaml:7: schedule.start_at: `, `2025-01-01T00:00:00+24:00`}},
+		{"20 MB name", "name: " + big + "\nselector: {all: true}\n", []string{`bad.yaml:1: name "aaaa`, `"… (20971520 bytes) must be 1-48 lowercase letters`}},
+		{"20 MB url", "name: a\nselector: {all: true}\ntarget:\n  kms_urls: [\"https://k/" + big + " x\"]\n", []string{`bad.yaml:4: target.kms_urls[0]: "https://k/aaa`, `(20971532 bytes) contains a space`}},
+		{"20 MB selector item twice", "name: a\nselector:\n  names: [" + big + ", " + big + "]\n", []string{`bad.yaml:3: selector.names lists "aaa`, `(20971520 bytes) twice (first on line 3)`}},
+		{"20 MB string for a number", head + "retry:\n  max_attempts: " + big + "\n", []string{`bad.yaml:7: retry.max_attempts: expected a whole number, got the string "aaa`, `… (20971520 bytes)`}},
+		{"terminal escape in name", "name: \"a\\e[31mred\\r\\0x\"\n", []string{`bad.yaml:1: name "a\x1b[31mred\r\x00x" must be`}},
+		{"escape in a timezone", head + "schedule:\n  windows:\n    - {cron: \"0 2 * * *\", duration: 1h, timezone: \"\\e[2J\"}\n",
+			[]string{`bad.yaml:8: schedule.windows[0]: unknown timezone "\x1b[2J"`}},
+		{"escape in an unknown key", head + "\"\\e]0;x\\a\": 1\n", []string{`bad.yaml:6: unknown key "\x1b]0;x\a"`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Parse("bad.yaml", []byte(c.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			got := err.Error()
+			if n := utf8.RuneCountInString(got); n > textsafe.MaxLine+40 {
+				t.Errorf("the error is %d runes: %.300s", n, got)
+			}
+			if strings.ContainsFunc(got, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+				t.Errorf("the error holds a control character: %.300q", got)
+			}
+			rest := got
+			for _, w := range c.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("got %.300s\nwant it to contain %s", got, w)
+				}
+				rest = rest[i+len(w):]
+			}
+		})
+	}
+}
+
+// TestHashNeverIgnoresAnError: a File holding a value JSON cannot encode
+// (Parse rejects those) must not hash like every other such File.
+func TestHashNeverIgnoresAnError(t *testing.T) {
+	t.Parallel()
+	f, err := Parse("h.yaml", []byte("name: a\nselector: {all: true}\ntarget: {kms_urls: []}\nrate: {per_second: 5}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Rate.PerSecond = math.Inf(1)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("Hash of a File with +Inf returned a hash")
+		}
+	}()
+	f.Hash()
+}
