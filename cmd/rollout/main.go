@@ -10,13 +10,14 @@ import (
 	"syscall"
 
 	"github.com/phalafleet/rollout/internal/cli"
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := cli.Run(ctx, cli.OSEnv(), os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "rollout:", err)
+		fmt.Fprintln(os.Stderr, "rollout:", textsafe.Line(err.Error()))
 		os.Exit(1)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/phalafleet/rollout/internal/cli"
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 func main() {
@@ -18,7 +19,7 @@ func main() {
 	defer stop()
 	// Through cli.Run, as `rollout worker`, so --help is handled the same.
 	if err := cli.Run(ctx, cli.OSEnv(), append([]string{"worker"}, os.Args[1:]...)); err != nil {
-		msg := err.Error()
+		msg := textsafe.Line(err.Error())
 		if !strings.HasPrefix(msg, "worker: ") {
 			msg = "worker: " + msg
 		}

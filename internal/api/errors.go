@@ -4,10 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 // Error is a non-2xx answer from the API.
@@ -21,20 +25,30 @@ type Error struct {
 	RetryAfter time.Duration // from the Retry-After header; 0 when absent
 }
 
+// Error is one line of bounded length, with what the server sent escaped
+// (textsafe): it reaches terminals and the CVM records' reasons.
 func (e *Error) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s: HTTP %d", e.Method, e.Path, e.StatusCode)
 	if e.ErrorCode != "" {
-		fmt.Fprintf(&b, " %s", e.ErrorCode)
+		fmt.Fprintf(&b, " %s", textsafe.Cut(e.ErrorCode, maxID))
 	}
 	if e.Message != "" {
-		fmt.Fprintf(&b, ": %s", e.Message)
+		fmt.Fprintf(&b, ": %s", textsafe.Cut(e.Message, textsafe.MaxQuoted))
 	}
 	if e.RequestID != "" {
-		fmt.Fprintf(&b, " (request_id %s)", e.RequestID)
+		fmt.Fprintf(&b, " (request_id %s)", textsafe.Cut(e.RequestID, maxID))
 	}
-	return b.String()
+	return textsafe.Line(b.String())
 }
+
+// Bounds, in runes, for what an error quotes of an answer: an error code or
+// a request id is short; a body that is not the API's JSON (a proxy's page)
+// is quoted only as far as it tells what happened.
+const (
+	maxID   = 100
+	maxBody = 200
+)
 
 const redacted = "[REDACTED]"
 
@@ -87,15 +101,37 @@ func newError(method, path string, resp *http.Response, body []byte, now time.Ti
 		}
 	}
 	if e.Message == "" {
-		e.Message = strings.TrimSpace(string(body))
-		if len(e.Message) > 200 {
-			e.Message = e.Message[:200] + "…"
-		}
+		e.Message = bodyText(resp.Header.Get("Content-Type"), body)
 		if e.Message == "" {
 			e.Message = http.StatusText(resp.StatusCode)
 		}
 	}
 	return e
+}
+
+var (
+	htmlTitle = regexp.MustCompile(`(?is)<title[^>]*>(.*?)</title>`)
+	htmlTag   = regexp.MustCompile(`(?s)<[^>]*>`)
+)
+
+// bodyText is what an error quotes of a body that is not the API's JSON, on
+// one line: an HTML page (a proxy's 502) gives its title, or else its text,
+// and says it was a page; runs of white space, newlines too, become one
+// space; it is cut to maxBody runes.
+func bodyText(contentType string, body []byte) string {
+	s := string(body)
+	isHTML := strings.Contains(strings.ToLower(contentType), "html") || strings.HasPrefix(strings.TrimSpace(s), "<")
+	if isHTML {
+		if m := htmlTitle.FindStringSubmatch(s); m != nil && strings.TrimSpace(m[1]) != "" {
+			s = m[1]
+		}
+		s = html.UnescapeString(htmlTag.ReplaceAllString(s, " "))
+	}
+	s = textsafe.Cut(strings.Join(strings.Fields(s), " "), maxBody)
+	if isHTML && s != "" {
+		s += " (an HTML page)"
+	}
+	return s
 }
 
 func detailMessage(raw json.RawMessage, e *Error) string {

@@ -18,6 +18,7 @@ import (
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/textsafe"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/term"
 )
@@ -65,8 +66,23 @@ func commands() []command {
 	}
 }
 
-// Run runs `rollout ARGS...`.
+// Run runs `rollout ARGS...`. Its error is the line a user sees: one line of
+// bounded length with control characters escaped (textsafe.Line), whatever it
+// quotes; errors.Is and errors.As still see the error beneath.
 func Run(ctx context.Context, e *Env, args []string) error {
+	if err := runCommand(ctx, e, args); err != nil {
+		return lineError{err}
+	}
+	return nil
+}
+
+// lineError shows err as textsafe.Line.
+type lineError struct{ err error }
+
+func (l lineError) Error() string { return textsafe.Line(l.err.Error()) }
+func (l lineError) Unwrap() error { return l.err }
+
+func runCommand(ctx context.Context, e *Env, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(e.Stdout)
 		return nil

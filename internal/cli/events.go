@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 // runEvents prints a rollout's audit trail: who applied, paused, resumed,
@@ -39,6 +40,7 @@ func runEvents(ctx context.Context, e *Env, args []string) error {
 
 func printEvents(w io.Writer, indent string, evs []store.Event) {
 	for _, ev := range evs {
-		fmt.Fprintf(w, "%s%s  %-22s %s\n", indent, ev.At.Local().Format(time.RFC3339), ev.By, ev.What)
+		// By names a user or host, What may quote an API error: escape both.
+		fmt.Fprintf(w, "%s%s  %-22s %s\n", indent, ev.At.Local().Format(time.RFC3339), textsafe.Cell(ev.By), textsafe.Line(ev.What))
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 func runPlan(ctx context.Context, e *Env, args []string) error {
@@ -87,7 +88,9 @@ func printPlan(w io.Writer, p *plan.Plan, rows int) {
 			}
 			detail = diffText(target, it)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", it.CVMID, it.Name, it.Node, dash(it.VMM), it.Action, detail)
+		// Everything but the action comes from the API: escaped and cut.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", textsafe.Cell(it.CVMID), textsafe.Cell(it.Name), textsafe.Cell(it.Node),
+			textsafe.Cell(dash(it.VMM)), it.Action, textsafe.Cell(detail))
 	}
 	tw.Flush()
 	for _, a := range []plan.Action{plan.Patch, plan.Unchanged, plan.Skip} {

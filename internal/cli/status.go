@@ -13,6 +13,7 @@ import (
 
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 func runStatus(ctx context.Context, e *Env, args []string) error {
@@ -187,7 +188,7 @@ func printFailures(w io.Writer, failures []string) {
 	}
 	fmt.Fprintf(w, "\nLatest failures:\n")
 	for _, f := range failures {
-		fmt.Fprintf(w, "  %s\n", f)
+		fmt.Fprintf(w, "  %s\n", textsafe.Line(f))
 	}
 }
 
@@ -302,14 +303,15 @@ func writeReport(ctx context.Context, w io.Writer, st *store.Store, id, format, 
 		if !keep(r) {
 			return nil
 		}
-		row := fmt.Sprintf("%s\t%s\t%s\t%d", r.CVMID, r.Name, r.State, r.Attempts)
+		cell := textsafe.Cell // names, URLs and reasons come from the API
+		row := fmt.Sprintf("%s\t%s\t%s\t%d", cell(r.CVMID), cell(r.Name), r.State, r.Attempts)
 		if kms {
-			row += "\t" + strings.Join(r.PrevKMS, ",") + "\t" + strings.Join(r.AppliedKMS, ",")
+			row += "\t" + cell(strings.Join(r.PrevKMS, ",")) + "\t" + cell(strings.Join(r.AppliedKMS, ","))
 		}
 		if gw {
-			row += "\t" + strings.Join(r.PrevGW, ",") + "\t" + strings.Join(r.AppliedGW, ",")
+			row += "\t" + cell(strings.Join(r.PrevGW, ",")) + "\t" + cell(strings.Join(r.AppliedGW, ","))
 		}
-		fmt.Fprintln(tw, row+"\t"+r.Reason)
+		fmt.Fprintln(tw, row+"\t"+cell(r.Reason))
 		return nil
 	})
 	tw.Flush()

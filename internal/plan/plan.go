@@ -169,9 +169,15 @@ func (p *Plan) Finish() {
 }
 
 // Hash is a stable digest of the file's meaning (not its formatting), so the
-// same rollout file always yields the same rollout id.
+// same rollout file always yields the same rollout id. It panics on a File
+// that JSON cannot write (a NaN or infinite number): Parse rejects those, so
+// such a File was built in code, and hashing what is left of it would give
+// every such File the same id.
 func (f *File) Hash() string {
-	b, _ := json.Marshal(f)
+	b, err := json.Marshal(f)
+	if err != nil {
+		panic(fmt.Sprintf("plan: hashing rollout file %s: %v", f.Path, err))
+	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

@@ -49,11 +49,11 @@ func (w Window) schedule() (cron.Schedule, error) {
 	}
 	loc, err := time.LoadLocation(tz)
 	if err != nil {
-		return nil, fmt.Errorf("unknown timezone %q", tz)
+		return nil, fmt.Errorf("unknown timezone %s", quote(tz))
 	}
 	s, err := cron.ParseStandard(w.Cron)
 	if err != nil {
-		return nil, fmt.Errorf("cron %q: %v", w.Cron, err)
+		return nil, fmt.Errorf("cron %s: %v", quote(w.Cron), err)
 	}
 	return locSchedule{s, loc}, nil
 }
@@ -128,7 +128,7 @@ func (s *Schedule) validate(root *yaml.Node) error {
 		return &lineError{keyLine(root, "schedule", "repeat"), "schedule.repeat must be at least 1m"}
 	}
 	if s.EndAction != "" && s.EndAction != "cancel" && s.EndAction != "pause" {
-		return &lineError{keyLine(root, "schedule", "end_action"), fmt.Sprintf("schedule.end_action is cancel or pause, not %q", s.EndAction)}
+		return &lineError{keyLine(root, "schedule", "end_action"), fmt.Sprintf("schedule.end_action is cancel or pause, not %s", quote(s.EndAction))}
 	}
 	for i, w := range s.Windows {
 		if _, err := w.schedule(); err != nil {

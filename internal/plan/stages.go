@@ -72,13 +72,13 @@ func parseQuantity(s string) (Quantity, error) {
 	if p, ok := strings.CutSuffix(s, "%"); ok {
 		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
 		if err != nil || f <= 0 || f > 100 || math.IsNaN(f) {
-			return Quantity{}, fmt.Errorf("%q is not a percentage between 0 and 100", s)
+			return Quantity{}, fmt.Errorf("%s is not a percentage between 0 and 100", quote(s))
 		}
 		return Quantity{Percent: f, Set: true}, nil
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		return Quantity{}, fmt.Errorf("%q is not a count or a percentage", s)
+		return Quantity{}, fmt.Errorf("%s is not a count or a percentage", quote(s))
 	}
 	return Quantity{Count: n, Set: true}, nil
 }
@@ -175,13 +175,13 @@ func validateStages(specs []StageSpec, bake time.Duration, root *yaml.Node) erro
 		case s.Percent < 0 || s.Percent > 100:
 			return &lineError{s.Line, where + ": percent must be between 0 and 100"}
 		case s.Promote != "" && s.Promote != "auto" && s.Promote != "manual":
-			return &lineError{s.Line, fmt.Sprintf("%s: promote is auto or manual, not %q", where, s.Promote)}
+			return &lineError{s.Line, fmt.Sprintf("%s: promote is auto or manual, not %s", where, quote(s.Promote))}
 		case s.Bake != nil && *s.Bake < 0:
 			return &lineError{s.Line, where + ": bake must not be negative"}
 		}
 		if s.Name != "" {
 			if first, ok := names[s.Name]; ok {
-				return &lineError{s.Line, fmt.Sprintf("%s: stage name %q used twice (first on line %d)", where, s.Name, first)}
+				return &lineError{s.Line, fmt.Sprintf("%s: stage name %s used twice (first on line %d)", where, quote(s.Name), first)}
 			}
 			names[s.Name] = s.Line
 		}
@@ -226,7 +226,7 @@ func (b *FailureBudget) validate(root *yaml.Node) error {
 		return &lineError{keyLine(root, "failure_budget", "min_executed"), "failure_budget.min_executed must not be negative"}
 	}
 	if b.Action != "" && b.Action != "pause" && b.Action != "cancel" {
-		return &lineError{keyLine(root, "failure_budget", "action"), fmt.Sprintf("failure_budget.action is pause or cancel, not %q", b.Action)}
+		return &lineError{keyLine(root, "failure_budget", "action"), fmt.Sprintf("failure_budget.action is pause or cancel, not %s", quote(b.Action))}
 	}
 	return nil
 }

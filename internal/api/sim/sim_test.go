@@ -23,9 +23,9 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
-// specPath is the fleet excerpt of the OpenAPI document; the repository's
-// parent directory holds shared/ (CI lays it out the same way).
-var specPath = filepath.Join("..", "..", "..", "..", "shared", "phala-openapi", "openapi-fleet-excerpt.json")
+// specPath is the fleet excerpt of the OpenAPI document, copied into
+// testdata (see testdata/README.md), so the tests need nothing beside the repository.
+var specPath = filepath.Join("testdata", "openapi-fleet-excerpt.json")
 
 const specURL = "https://phala.example/openapi-fleet-excerpt.json"
 
@@ -112,7 +112,7 @@ func schema(t *testing.T, name string) *jsonschema.Schema {
 	}
 	doc, err := spec()
 	if err != nil {
-		t.Fatalf("loading %s (the repo's parent dir must hold shared/): %v", specPath, err)
+		t.Fatalf("loading %s: %v", specPath, err)
 	}
 	c := jsonschema.NewCompiler()
 	c.DefaultDraft(jsonschema.Draft2020)
