@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -21,7 +22,8 @@ func TestDeadWorkerSlotsReaped(t *testing.T) {
 		b := testutil.InBubble(t, testutil.NoFleet)
 		ctx := context.Background()
 		live, dead := ratelimit.New(b.RDB), ratelimit.New(b.RDB)
-		stopLive, err := live.Heartbeat(ctx, "host-a/100", nil)
+		var warned atomic.Int32
+		stopLive, err := live.Heartbeat(ctx, "host-a/100", func(string, ...any) { warned.Add(1) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,6 +83,21 @@ func TestDeadWorkerSlotsReaped(t *testing.T) {
 		}
 		if n, err := live.Reap(ctx, "r"); err != nil || n != 0 {
 			t.Fatalf("reaped %d more, %v: the live worker's holders are its own", n, err)
+		}
+		// A live worker whose heartbeat lapsed says so, and beats again.
+		keys, _ := b.RDB.Keys(ctx, store.WorkerKey("host-a/100")+"#*").Result()
+		if len(keys) != 1 || warned.Load() != 0 {
+			t.Fatalf("heartbeat keys %v, %d warnings", keys, warned.Load())
+		}
+		b.RDB.Del(ctx, keys[0])
+		time.Sleep(ratelimit.HeartbeatEvery + 100*time.Millisecond)
+		if n, _ := b.RDB.Exists(ctx, keys[0]).Result(); n != 1 || warned.Load() != 1 {
+			t.Fatalf("after a lapse: heartbeat key exists = %d, %d warnings; want it back and 1 warning", n, warned.Load())
+		}
+		// A clean exit unregisters.
+		stopLive()
+		if n, _ := b.RDB.Exists(ctx, keys[0]).Result(); n != 0 {
+			t.Fatal("heartbeat key left after stop")
 		}
 	})
 }

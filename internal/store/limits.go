@@ -302,12 +302,14 @@ func (s *Limits) deadHolders(ctx context.Context, id string) (map[string][]strin
 
 // Beat renews a worker's heartbeat for ttl. lapsed reports that it had
 // expired (or was never set): slots it held may have been reaped.
+// (PEXPIRE, then SET only when the key is gone: no SET ... GET, which
+// needs Redis 6.2.)
 func (s *Limits) Beat(ctx context.Context, worker string, ttl time.Duration) (lapsed bool, err error) {
-	err = s.rdb.SetArgs(ctx, WorkerKey(worker), time.Now().UTC().Format(time.RFC3339), redis.SetArgs{TTL: ttl, Get: true}).Err()
-	if err == redis.Nil {
-		return true, nil
+	ok, err := s.rdb.PExpire(ctx, WorkerKey(worker), ttl).Result()
+	if err != nil || ok {
+		return false, err
 	}
-	return false, err
+	return true, s.rdb.Set(ctx, WorkerKey(worker), time.Now().UTC().Format(time.RFC3339), ttl).Err()
 }
 
 // Unregister removes a worker's heartbeat (a clean exit).
