@@ -52,9 +52,10 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 	if *out == "json" {
 		s := statusJSON(r)
 		s.RecentFailures, s.RecentEvents = failures, events
-		return writeJSON(e.Stdout, s)
+		return writeStatusJSON(ctx, e.Stdout, st, s)
 	}
 	printStatus(e.Stdout, r)
+	printDeadWorkers(ctx, e.Stdout, st, id)
 	printFailures(e.Stdout, failures)
 	if len(events) > 0 {
 		fmt.Fprintf(e.Stdout, "\nLatest events (rollout events %s lists all):\n", id)

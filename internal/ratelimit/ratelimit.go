@@ -2,19 +2,23 @@
 // process: a request rate (GCRA, github.com/go-redis/redis_rate) that
 // adapts to the API's 429/503 answers, and a cap on CVMs in flight (a
 // semaphore of leases in Redis that a crashed worker cannot leak). All state is in
-// Redis under the rollout's hash tag; it runs on miniredis too.
+// Redis under the rollout's hash tag; it runs on miniredis too. The keys
+// and scripts are package store's (store/limits.go); this package is the
+// policy.
 package ratelimit
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"math"
-	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
+	"github.com/phalafleet/rollout/internal/store"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -50,20 +54,18 @@ const (
 // 2s limit sent 3.9 requests per CVM instead of 2).
 const MaxInlineWait = 10 * time.Second
 
-func gcraKey(id string) string    { return "rollout:{" + id + "}:gcra" }
-func stateKey(id string) string   { return "rollout:{" + id + "}:pace" }
-func holdersKey(id string) string { return "rollout:{" + id + "}:slot-holders" }
-func wakeKey(id string) string    { return "rollout:{" + id + "}:slot-wake" }
-
 // Limiter enforces Limits for rollouts.
 type Limiter struct {
-	rdb  redis.UniversalClient
+	st   *store.Limits
 	gcra *redis_rate.Limiter
+	// worker is this process's heartbeat id once Heartbeat runs: the
+	// holders of its slots carry it, so that a Reap can tell they died.
+	worker atomic.Pointer[string]
 }
 
 // New returns a Limiter on rdb.
 func New(rdb redis.UniversalClient) *Limiter {
-	return &Limiter{rdb: rdb, gcra: redis_rate.NewLimiter(rdb)}
+	return &Limiter{st: store.NewLimits(rdb), gcra: redis_rate.NewLimiter(rdb)}
 }
 
 // Rate returns the rollout's current effective rate: PerSecond, lowered by
@@ -75,14 +77,10 @@ func (l *Limiter) Rate(ctx context.Context, id string, lim Limits) (float64, err
 	if !lim.Adaptive {
 		return lim.PerSecond, nil
 	}
-	v, err := l.rdb.HGet(ctx, stateKey(id), "rate").Result()
-	if err == redis.Nil {
-		return lim.PerSecond, nil
+	r, ok, err := l.st.PaceRate(ctx, id)
+	if err != nil || !ok {
+		return lim.PerSecond, err
 	}
-	if err != nil {
-		return 0, err
-	}
-	r, _ := strconv.ParseFloat(v, 64)
 	if r <= 0 || r > lim.PerSecond {
 		r = lim.PerSecond
 	}
@@ -104,7 +102,7 @@ func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duratio
 			// late still gets its slot, so the average holds the rate.
 			burst = max(1, int(r/10))
 		}
-		res, err := l.gcra.Allow(ctx, gcraKey(id), redis_rate.Limit{Rate: int(math.Max(1, math.Round(r*1000))), Burst: burst, Period: 1000 * time.Second})
+		res, err := l.gcra.Allow(ctx, store.GCRAKey(id), redis_rate.Limit{Rate: int(math.Max(1, math.Round(r*1000))), Burst: burst, Period: 1000 * time.Second})
 		if err != nil {
 			return 0, err
 		}
@@ -124,33 +122,6 @@ func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duratio
 	}
 }
 
-// feedbackScript adjusts the adaptive rate. KEYS[1] the pace hash.
-// ARGV: throttled(0|1), now (ms), ceiling, floor, factor, every (ms),
-// fast step, slow step, threshold.
-var feedbackScript = redis.NewScript(`
-local rate = tonumber(redis.call('HGET', KEYS[1], 'rate') or ARGV[3])
-local now = tonumber(ARGV[2])
-local ceiling, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
-if ARGV[1] == '1' then
-  local last = tonumber(redis.call('HGET', KEYS[1], 'decreased_at') or '0')
-  if now - last >= tonumber(ARGV[6]) then
-    redis.call('HSET', KEYS[1], 'ssthresh', tostring(rate * tonumber(ARGV[9])))
-    rate = math.max(floor, rate * tonumber(ARGV[5]))
-    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'decreased_at', now, 'increased_at', now)
-  end
-else
-  local last = tonumber(redis.call('HGET', KEYS[1], 'increased_at') or '0')
-  if rate < ceiling and now - last >= 1000 then
-    local ssthresh = tonumber(redis.call('HGET', KEYS[1], 'ssthresh') or ARGV[3])
-    local step = tonumber(ARGV[8])
-    if rate < ssthresh then step = tonumber(ARGV[7]) end
-    rate = math.min(ceiling, rate + math.max(0.1, rate * step))
-    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'increased_at', now)
-  end
-end
-return tostring(rate)
-`)
-
 // Feedback tells adaptive mode how the API answered.
 func (l *Limiter) Feedback(ctx context.Context, id string, lim Limits, throttled bool) error {
 	if !lim.Adaptive || lim.PerSecond <= 0 {
@@ -160,98 +131,119 @@ func (l *Limiter) Feedback(ctx context.Context, id string, lim Limits, throttled
 	if floor <= 0 {
 		floor = math.Max(0.1, lim.PerSecond/100)
 	}
-	t := "0"
-	if throttled {
-		t = "1"
-	}
-	return feedbackScript.Run(ctx, l.rdb, []string{stateKey(id)}, t, time.Now().UnixMilli(), lim.PerSecond, floor,
-		DecreaseFactor, DecreaseEvery.Milliseconds(), FastStep, SlowStep, Threshold).Err()
+	return l.st.Feedback(ctx, id, store.Pace{Throttled: throttled, Now: time.Now(), Ceiling: lim.PerSecond, Floor: floor,
+		Factor: DecreaseFactor, Every: DecreaseEvery, Fast: FastStep, Slow: SlowStep, Threshold: Threshold})
 }
 
-// The in-flight cap is a semaphore of leases: a sorted set of holders
-// scored by when each lease ends, in Redis's own clock (TIME), so workers'
-// clocks never matter. Taking a slot drops the expired leases and adds one
-// only while fewer than the cap are held, in one script: there is no token
-// to lose between two commands, and a holder that dies frees its slot when
-// its lease ends. A released slot wakes one waiter through a short list.
-
-// acquireScript takes a slot. KEYS: holders, wake. ARGV: holder, lease
-// (ms), cap. Returns 1 if taken.
-var acquireScript = redis.NewScript(`
-redis.replicate_commands() -- TIME before writes: needed on Redis 4 to 6, a no-op on 7
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local freed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if freed > 0 then
-  -- wake one waiter per freed slot (this caller may take one of them)
-  for i = 1, freed do redis.call('LPUSH', KEYS[2], '1') end
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-  redis.call('PEXPIRE', KEYS[2], 60000)
-end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
--- the set lives as long as its longest lease, no longer: a rollout that
--- ends leaves nothing behind
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
-return 1
-`)
-
-// releaseScript gives a slot back and wakes a waiter. KEYS: holders, wake.
-// ARGV: holder, cap.
-var releaseScript = redis.NewScript(`
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], '1')
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-  redis.call('PEXPIRE', KEYS[2], 60000)
-end
-return 1
-`)
-
-// reapScript drops expired leases and wakes as many waiters. KEYS:
-// holders, wake. Returns how many leases it dropped.
-var reapScript = redis.NewScript(`
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 1, n do redis.call('LPUSH', KEYS[2], '1') end
-if n > 0 then redis.call('PEXPIRE', KEYS[2], 60000) end
-return n
-`)
-
-// holderSeq makes holder ids unique within the process; holderPrefix
-// across processes.
-var (
-	holderSeq    atomic.Uint64
-	holderPrefix = func() string {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		return hex.EncodeToString(b[:])
-	}()
+// The in-flight cap is a semaphore of leases in Redis (store/limits.go).
+// A slot is freed when its holder releases it, when its lease ends, or
+// when the holder's worker process is seen dead.
+//
+// Dead or alive. Decision: each worker process keeps a heartbeat key of
+// its own (Heartbeat), renewed every HeartbeatEvery with a TTL of
+// HeartbeatTTL, and the holder ids of its slots name it; the controller's
+// Reap (every tick, about 1s) frees the slots of workers whose key is
+// gone. So a kill -9 frees its slots within HeartbeatTTL plus a tick (or
+// the controller lock's 10s, when the dead worker was the one leading),
+// instead of the lease (deadline+1m, 6 minutes by default).
+//
+// Why not asynq's own server heartbeats (Inspector.Servers())? They are
+// written every 5s (hard-coded) with a 10s TTL scored by the worker's own
+// clock, one per asynq server (a worker runs several), and name a process
+// by host and pid only: in containers every worker is pid 1, and a
+// restarted container with the same hostname would pass for the dead one,
+// keeping its slots held for the whole lease. Our key carries a random
+// nonce per process, and its TTL runs on Redis's clock.
+//
+// A live worker whose heartbeat lapses (Redis unreachable for
+// HeartbeatTTL, a stalled process) can lose its slots to a Reap while its
+// CVMs are still in flight: the cap may then be exceeded for a while, but
+// nothing is lost or done twice (the CVMs' tasks stay its own; asynq alone
+// decides who runs a task). It logs a warning when it sees that.
+const (
+	HeartbeatEvery = 2 * time.Second
+	HeartbeatTTL   = 8 * time.Second
 )
 
-// Slot waits up to wait for one of the rollout's MaxInFlight slots. It
-// returns a release func, or nil when none came free in time. The slot is
-// leased for lease: a holder that dies holds it no longer than that.
-func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease time.Duration) (func(), error) {
+// holderSeq makes holder ids unique within the process.
+var holderSeq atomic.Uint64
+
+// Heartbeat registers this process as a live worker named name (host/pid)
+// and renews that until ctx ends or stop is called; from then on the
+// holders of slots it takes name it. stop unregisters (a clean exit: call
+// it once in-flight CVMs are done); ctx ending just stops renewing, as a
+// crash would. warn, if not nil, is told about a lapsed heartbeat.
+func (l *Limiter) Heartbeat(ctx context.Context, name string, warn func(msg string, args ...any)) (stop func(), err error) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	id := strings.ReplaceAll(name, "|", "_") + "#" + hex.EncodeToString(b[:])
+	if _, err := l.st.Beat(ctx, id, HeartbeatTTL); err != nil {
+		return nil, fmt.Errorf("worker heartbeat: %w", err)
+	}
+	l.worker.Store(&id)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(HeartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			lapsed, err := l.st.Beat(ctx, id, HeartbeatTTL)
+			if warn == nil || ctx.Err() != nil {
+				continue
+			}
+			if err != nil {
+				warn("worker heartbeat", "err", err)
+			} else if lapsed {
+				warn("worker heartbeat had lapsed: the controller may have freed this worker's in-flight slots, so max_in_flight may be exceeded until its CVMs finish")
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = l.st.Unregister(c, id)
+	}, nil
+}
+
+// holder names a new taking of a slot for cvm.
+func (l *Limiter) holder(cvm string) string {
+	w := ""
+	if p := l.worker.Load(); p != nil {
+		w = *p
+	}
+	return store.Holder(w, cvm, holderSeq.Add(1))
+}
+
+// Slot waits up to wait for one of the rollout's MaxInFlight slots, for
+// work on cvm. It returns a release func, or nil when none came free in
+// time. The slot is leased for lease: a holder that dies holds it no
+// longer than that, nor (once Heartbeat runs) than its heartbeat's TTL and
+// a controller tick.
+func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease time.Duration, cvm string) (func(), error) {
 	if lim.MaxInFlight <= 0 {
 		return func() {}, nil
 	}
-	holder := holderPrefix + "-" + strconv.FormatUint(holderSeq.Add(1), 36)
-	keys := []string{holdersKey(id), wakeKey(id)}
+	holder := l.holder(cvm)
+	release := func() { l.st.Release(context.WithoutCancel(ctx), id, holder, lim.MaxInFlight) }
 	deadline := time.Now().Add(wait)
 	for {
-		ok, err := acquireScript.Run(ctx, l.rdb, keys, holder, lease.Milliseconds(), lim.MaxInFlight).Int()
+		ok, err := l.st.Acquire(ctx, id, holder, cvm, lease, lim.MaxInFlight)
 		if err != nil {
 			// The script may have run and its answer been lost: give the
 			// slot back rather than hold it for a whole lease.
-			releaseScript.Run(context.WithoutCancel(ctx), l.rdb, keys, holder, lim.MaxInFlight)
+			release()
 			return nil, err
 		}
-		if ok == 1 {
-			return func() {
-				releaseScript.Run(context.WithoutCancel(ctx), l.rdb, keys, holder, lim.MaxInFlight)
-			}, nil
+		if ok {
+			return release, nil
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -259,16 +251,22 @@ func (l *Limiter) Slot(ctx context.Context, id string, lim Limits, wait, lease t
 		}
 		// Sleep until a release wakes us (BLPOP takes whole seconds here:
 		// a waiter that misses a wake-up tries again within one).
-		if err := l.rdb.BLPop(ctx, min(left, time.Second), wakeKey(id)).Err(); err != nil && err != redis.Nil {
+		if err := l.st.WaitWake(ctx, id, min(left, time.Second)); err != nil {
 			return nil, err
 		}
 	}
 }
 
-// Reap drops leases that ran out (their holders died) and wakes as many
-// waiters. Slot does it too; the controller calls it every tick so that a
-// dead holder's slot wakes a waiter within a tick rather than at the
-// waiter's next one-second poll.
+// Reap frees the slots of leases that ran out and of workers whose
+// heartbeat is gone, and wakes as many waiters. Slot frees expired leases
+// too; the controller calls Reap every tick so that a dead holder's slot
+// wakes a waiter within a tick. Liveness is read here, then the dead
+// workers are passed to the rollout's script: the heartbeat keys are on
+// other cluster slots than the rollout's.
 func (l *Limiter) Reap(ctx context.Context, id string) (int, error) {
-	return reapScript.Run(ctx, l.rdb, []string{holdersKey(id), wakeKey(id)}).Int()
+	dead, err := l.st.DeadHolders(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	return l.st.Reap(ctx, id, dead)
 }

@@ -102,7 +102,7 @@ func TestInFlightSlots(t *testing.T) {
 		for range 10 {
 			wg.Go(func() {
 				for {
-					rel, err := l.Slot(ctx, "r", lim, 5*time.Second, time.Minute)
+					rel, err := l.Slot(ctx, "r", lim, 5*time.Second, time.Minute, "")
 					if err != nil {
 						t.Error(err)
 						return
@@ -132,15 +132,15 @@ func TestInFlightSlots(t *testing.T) {
 		}
 		// A holder that dies keeps its slot only until its lease ends: one
 		// live holder with a long lease, two dead ones with 10s leases.
-		if rel, err := l.Slot(ctx, "dead", lim, time.Second, 2*time.Minute); err != nil || rel == nil {
+		if rel, err := l.Slot(ctx, "dead", lim, time.Second, 2*time.Minute, ""); err != nil || rel == nil {
 			t.Fatal("no slot", err)
 		}
 		for range 2 {
-			if rel, err := l.Slot(ctx, "dead", lim, time.Second, 10*time.Second); err != nil || rel == nil {
+			if rel, err := l.Slot(ctx, "dead", lim, time.Second, 10*time.Second, ""); err != nil || rel == nil {
 				t.Fatal("no slot", err)
 			}
 		}
-		if rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute); rel != nil {
+		if rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute, ""); rel != nil {
 			t.Fatal("a fourth slot")
 		}
 		time.Sleep(11 * time.Second)
@@ -148,7 +148,7 @@ func TestInFlightSlots(t *testing.T) {
 			t.Fatalf("reaped %d, %v; want the 2 dead holders", n, err)
 		}
 		for i := range 3 {
-			rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute)
+			rel, _ := l.Slot(ctx, "dead", lim, time.Second, time.Minute, "")
 			if got := rel != nil; got != (i < 2) {
 				t.Fatalf("slot %d after the reap: got one = %v (the live holder still has its own)", i+1, got)
 			}

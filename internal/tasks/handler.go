@@ -78,7 +78,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// pending (a pause or cancel catches it).
 	client := h.API
 	if h.Pacer != nil {
-		release, wait, err := h.Pacer.slot(ctx, p.Rollout, spec)
+		release, wait, err := h.Pacer.slot(ctx, p.Rollout, p.CVM, spec)
 		if err != nil {
 			return h.snooze(p, time.Second, "in-flight limiter: "+err.Error())
 		}

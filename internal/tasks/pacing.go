@@ -95,10 +95,10 @@ func (p *paced) PatchNetworkConfig(ctx context.Context, id string, upd api.Netwo
 
 // slot takes one of the rollout's in-flight slots, waiting up to
 // ratelimit.MaxInlineWait. wait > 0 means none came free: snooze.
-func (p *Pacer) slot(ctx context.Context, rollout string, spec *plan.File) (release func(), wait time.Duration, err error) {
+func (p *Pacer) slot(ctx context.Context, rollout, cvm string, spec *plan.File) (release func(), wait time.Duration, err error) {
 	lim := p.Limits(spec)
 	lease := spec.Retry.WithDefaults().Deadline + time.Minute
-	rel, err := p.L.Slot(ctx, rollout, lim, ratelimit.MaxInlineWait, lease)
+	rel, err := p.L.Slot(ctx, rollout, lim, ratelimit.MaxInlineWait, lease, cvm)
 	if err != nil {
 		return nil, 0, err
 	}

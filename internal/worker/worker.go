@@ -81,6 +81,14 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	}
 	st := store.New(rdb)
 	lim := ratelimit.New(rdb)
+	// Registered before any slot is taken, unregistered once drained: the
+	// controller frees the in-flight slots of a worker whose heartbeat
+	// lapses (ratelimit.Heartbeat).
+	unregister, err := lim.Heartbeat(context.WithoutCancel(ctx), cfg.Name, cfg.Log.Warn)
+	if err != nil {
+		return err
+	}
+	defer unregister()
 	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Pacer: &tasks.Pacer{L: lim, Defaults: cfg.Rate}, Log: cfg.Log}
 	var mx *metrics.Metrics
 	if cfg.MetricsAddr != "" {
