@@ -86,7 +86,7 @@ func deadWorkerSlotsReaped(t *testing.T, rdb redis.UniversalClient, fakeTime boo
 	// out again: status still names it, with the slots freed. (No CVM
 	// record here: count them as running.)
 	for _, cvm := range []string{"cvm-b", "cvm-c"} {
-		rdb.HSet(ctx, store.CVMKey("r", cvm), "state", store.Running)
+		rdb.HSet(ctx, store.CVMKey("r", cvm), "state", string(store.Running))
 	}
 	ds, err = store.NewLimits(rdb).DeadWorkerSlots(ctx, "r")
 	if err != nil || len(ds) != 1 || ds[0].Slots != 2 || ds[0].Freed != 2 {

@@ -3,14 +3,14 @@ package store
 // The Redis side of package ratelimit: its keys and Lua scripts (package
 // ratelimit keeps the policy: rates, adaptive steps, how long to wait).
 //
-// Keys. Per rollout, under its hash tag {id}, so each script below touches
-// one slot of a Redis Cluster:
+// Keys. Per rollout, after its key base (base in keys.go: its family's
+// hash tag), so each script below touches one slot of a Redis Cluster:
 //
-//	rollout:{id}:gcra          the request-rate bucket (redis_rate, which adds its "rate:" prefix)
-//	rollout:{id}:pace          the adaptive rate's state (hash: rate, ssthresh, decreased_at, increased_at)
-//	rollout:{id}:slot-holders  the in-flight semaphore: holders scored by lease end (ms, Redis's clock)
-//	rollout:{id}:slot-wake     a short list a release pushes to, to wake one waiter
-//	rollout:{id}:slot-orphans  CVMs whose slot was taken back from a dead worker: cvm -> worker
+//	BASE:gcra          the request-rate bucket (redis_rate, which adds its "rate:" prefix)
+//	BASE:pace          the adaptive rate's state (hash: rate, ssthresh, decreased_at, increased_at)
+//	BASE:slot-holders  the in-flight semaphore: holders scored by lease end (ms, Redis's clock)
+//	BASE:slot-wake     a short list a release pushes to, to wake one waiter
+//	BASE:slot-orphans  CVMs whose slot was taken back from a dead worker: cvm -> worker
 //
 // Global, one per worker process:
 //
@@ -33,21 +33,21 @@ import (
 )
 
 // GCRAKey is a rollout's request-rate bucket.
-func GCRAKey(id string) string { return prefix + "{" + id + "}:gcra" }
+func GCRAKey(id string) string { return base(id) + ":gcra" }
 
 // PaceKey is a rollout's adaptive-rate state.
-func PaceKey(id string) string { return prefix + "{" + id + "}:pace" }
+func PaceKey(id string) string { return base(id) + ":pace" }
 
 // SlotHoldersKey is a rollout's in-flight semaphore.
-func SlotHoldersKey(id string) string { return prefix + "{" + id + "}:slot-holders" }
+func SlotHoldersKey(id string) string { return base(id) + ":slot-holders" }
 
 // SlotWakeKey wakes a rollout's slot waiters.
-func SlotWakeKey(id string) string { return prefix + "{" + id + "}:slot-wake" }
+func SlotWakeKey(id string) string { return base(id) + ":slot-wake" }
 
 // SlotOrphansKey maps the CVMs whose slot was taken back from a dead worker
 // to that worker, until their task runs again (or their old lease would
 // have ended).
-func SlotOrphansKey(id string) string { return prefix + "{" + id + "}:slot-orphans" }
+func SlotOrphansKey(id string) string { return base(id) + ":slot-orphans" }
 
 // WorkerKey is a worker process's heartbeat.
 func WorkerKey(worker string) string { return prefix + "worker:" + worker }
@@ -381,7 +381,7 @@ func (s *Limits) DeadWorkerSlots(ctx context.Context, id string) ([]DeadWorkerSl
 			return nil, err
 		}
 		for cvm, w := range orphans {
-			if states[cvm].Val() == Running {
+			if CVMState(states[cvm].Val()) == Running {
 				d := get(w)
 				d.Slots++
 				d.Freed++
