@@ -1,0 +1,158 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/testutil"
+)
+
+func TestFamily(t *testing.T) {
+	for id, want := range map[string]string{
+		"web-1a2b3c4d":                 "web-1a2b3c4d",
+		"web-1a2b3c4d-run2":            "web-1a2b3c4d",
+		"web-1a2b3c4d-rollback":        "web-1a2b3c4d",
+		"web-1a2b3c4d-rollback3":       "web-1a2b3c4d",
+		"web-1a2b3c4d-run12-rollback":  "web-1a2b3c4d",
+		"web-1a2b3c4d-run12-rollback2": "web-1a2b3c4d",
+		"canary-run-1a2b3c4d":          "canary-run-1a2b3c4d", // a name with "-run" in it
+		"rollback-1a2b3c4d-rollback":   "rollback-1a2b3c4d",
+	} {
+		if got := store.Family(id); got != want {
+			t.Errorf("Family(%s) = %s, want %s", id, got, want)
+		}
+	}
+	// A family shares one hash tag: one Redis Cluster slot.
+	if k := store.RolloutKey("web-1a2b3c4d-run2-rollback"); k != "rollout:{web-1a2b3c4d}@run2-rollback" {
+		t.Errorf("key %s", k)
+	}
+}
+
+// TestMovesAreCompareAndSet: each operation moves only from the states it
+// allows and says why not otherwise, with the audit line written only by
+// a move that happened.
+func TestMovesAreCompareAndSet(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := st.Resume(ctx, id, "op", 5, now); !errors.Is(err, store.ErrNotAllowed) {
+		t.Fatalf("resume of a running rollout: %v", err)
+	}
+	if r, _ := st.Get(ctx, id); r.Budget != nil {
+		t.Fatalf("a refused resume set a budget: %+v", r.Budget)
+	}
+	if from, err := st.Pause(ctx, id, "op", "", now); err != nil || from != store.RolloutRunning {
+		t.Fatal(from, err)
+	}
+	var ne *store.NotAllowedError
+	if _, err := st.Pause(ctx, id, "op", "", now); !errors.As(err, &ne) || ne.State != store.RolloutPaused {
+		t.Fatalf("pause of a paused rollout: %v", err)
+	}
+	// end_at is applied once, with its flag in the same step: a resume
+	// after it stands.
+	if err := st.End(ctx, id, store.RolloutPaused, "end_at passed", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Resume(ctx, id, "op", -1, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.End(ctx, id, store.RolloutPaused, "end_at passed", now); !errors.Is(err, store.ErrNotAllowed) {
+		t.Fatalf("end_at applied twice: %v", err)
+	}
+	if err := st.Complete(ctx, id, now); !errors.Is(err, store.ErrNotAllowed) {
+		t.Fatalf("complete with CVMs pending: %v", err)
+	}
+	evs, _ := st.Events(ctx, id, 0)
+	var whats []string
+	for _, e := range evs {
+		whats = append(whats, e.What)
+	}
+	if want := "[pause (running -> paused) end_at passed resume (paused -> running)]"; fmt.Sprint(whats) != want {
+		t.Fatalf("audit trail %v, want %s", whats, want)
+	}
+	if _, err := st.Pause(ctx, "no-such", "op", "", now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("pause of an unknown rollout: %v", err)
+	}
+}
+
+// TestUnleadKeepsAnotherProcessLock: a controller whose lock ran out and
+// was taken by another process does not delete the new holder's lock when
+// it lets go.
+func TestUnleadKeepsAnotherProcessLock(t *testing.T) {
+	rdb, _ := testutil.Redis(t)
+	st := store.New(rdb)
+	ctx := context.Background()
+	if ok, err := st.Lead(ctx, "a", time.Minute); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	rdb.Del(ctx, store.ControllerLockKey) // a's lock ran out
+	if ok, err := st.Lead(ctx, "b", time.Minute); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if err := st.Unlead(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if owner, _ := rdb.Get(ctx, store.ControllerLockKey).Result(); owner != "b" {
+		t.Fatalf("lock held by %q after a let go, want b", owner)
+	}
+}
+
+// TestClaimsRace: rollouts of different files racing over the same CVMs:
+// exactly one wins each CVM, whether the others are refused (strict) or
+// skip what they lost (allow overlap).
+func TestClaimsRace(t *testing.T) {
+	for _, overlap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow_overlap=%v", overlap), func(t *testing.T) {
+			rdb, _ := testutil.Redis(t)
+			st := store.New(rdb)
+			ctx := context.Background()
+			const racers, n = 6, 300
+			var wg sync.WaitGroup
+			errs := make([]error, racers)
+			for i := range racers {
+				nr := store.NewRollout{ID: fmt.Sprintf("r%d-0000000%d", i, i), Name: "r", Spec: `{}`, State: store.RolloutRunning,
+					Stages: []store.NewStage{{Name: "all"}}, AllowOverlap: overlap}
+				for c := range n {
+					nr.CVMs = append(nr.CVMs, store.NewCVM{ID: fmt.Sprintf("cvm_%04d", (c*7+i*13)%n), State: store.Pending})
+				}
+				wg.Go(func() { _, errs[i] = st.Create(ctx, nr, time.Now()) })
+			}
+			wg.Wait()
+			pending := map[string]int{}
+			won := 0
+			for i := range racers {
+				var oe *store.OverlapError
+				if errs[i] != nil && (overlap || !errors.As(errs[i], &oe)) {
+					t.Fatalf("racer %d: %v", i, errs[i])
+				}
+				if errs[i] != nil {
+					continue
+				}
+				won++
+				id := fmt.Sprintf("r%d-0000000%d", i, i)
+				st.Records(ctx, id, func(r store.CVMRecord) error {
+					if r.State == store.Pending {
+						pending[r.CVMID]++
+					}
+					return nil
+				})
+			}
+			if !overlap && won != 1 {
+				t.Fatalf("%d rollouts recorded, want exactly 1", won)
+			}
+			if len(pending) != n {
+				t.Fatalf("%d of %d CVMs pending somewhere", len(pending), n)
+			}
+			for cvm, k := range pending {
+				if k != 1 {
+					t.Fatalf("%s is pending in %d rollouts", cvm, k)
+				}
+			}
+		})
+	}
+}
