@@ -23,6 +23,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	out := fs.String("o", "table", "output: table or json")
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
+	readTimeout := readTimeoutFlag(fs)
 	planHash := fs.String("plan-hash", "", "apply only if a fresh plan has this plan_hash (from `plan`): refuse if the fleet changed since")
 	if err := noArgs(fs, args); err != nil {
 		return err
@@ -35,7 +36,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	p, err := buildPlan(ctx, e, *file, *version)
+	p, err := buildPlan(ctx, e, *file, *version, *readTimeout)
 	if err != nil {
 		return err
 	}
