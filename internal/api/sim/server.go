@@ -114,25 +114,19 @@ func (s *Server) Faults() Faults {
 
 // FailPatch makes every PATCH of cvm id answer status (403, 404, 422, 500...).
 // Status 0 clears it.
-func (s *Server) FailPatch(id string, status int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if status == 0 {
-		delete(s.forced, id)
-	} else {
-		s.forced[id] = status
-	}
-}
+func (s *Server) FailPatch(id string, status int) { s.setStatus(s.forced, id, status) }
 
 // FailRead makes every GET of cvm id's network config answer status (500,
 // 503...). Status 0 clears it.
-func (s *Server) FailRead(id string, status int) {
+func (s *Server) FailRead(id string, status int) { s.setStatus(s.unread, id, status) }
+
+func (s *Server) setStatus(m map[string]int, id string, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if status == 0 {
-		delete(s.unread, id)
+		delete(m, id)
 	} else {
-		s.unread[id] = status
+		m[id] = status
 	}
 }
 
