@@ -123,7 +123,7 @@ func (p *patience) read(fn func(context.Context) error) error {
 		var wait time.Duration
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.RetryAfter > 0 {
-			wait = ae.RetryAfter
+			wait = api.RetryAfterWait(ae.RetryAfter)
 		} else {
 			wait = readBackoff.Delay(attempt)
 		}
