@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -181,8 +182,11 @@ func BuildWith(ctx context.Context, r Reader, f *File, o Options) (*Plan, error)
 				// again, but a plan must not promise a PATCH it has not
 				// checked, nor change with the API's load.
 				it.Action, it.Reason = Unknown, unreadable+err.Error()
+				var ge *GaveUpError
 				mu.Lock()
-				lastErr = err
+				if lastErr == nil || !errors.As(err, &ge) || ge.Last != nil {
+					lastErr = err // one that says what the API answered, if any did
+				}
 				mu.Unlock()
 				return nil
 			}
