@@ -173,7 +173,7 @@ func (c *Client) read(ctx context.Context, path string, q url.Values, out any) e
 		wait := c.backoff(attempt)
 		var ae *Error
 		if errors.As(err, &ae) && ae.RetryAfter > 0 {
-			wait = min(ae.RetryAfter, c.cfg.MaxBackoff)
+			wait = RetryAfterWait(min(ae.RetryAfter, c.cfg.MaxBackoff))
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -183,6 +183,14 @@ func (c *Client) read(ctx context.Context, path string, q url.Values, out any) e
 		case <-t.C:
 		}
 	}
+}
+
+// RetryAfterWait is the wait for a Retry-After of d: d and up to half of
+// it again. Retry-After says "not before", and clients throttled together,
+// each told the same whole second, would otherwise all come back in the
+// same instant and be throttled together again.
+func RetryAfterWait(d time.Duration) time.Duration {
+	return d + rand.N(d/2+1)
 }
 
 func (c *Client) backoff(attempt int) time.Duration {

@@ -24,6 +24,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	out := fs.String("o", "table", "output: table or json")
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
+	readTimeout := readTimeoutFlag(fs)
 	planHash := fs.String("plan-hash", "", "apply only if a fresh plan has this plan_hash (from `plan`): refuse if the fleet changed since")
 	overlap := fs.Bool("allow-overlap", false, "skip the selected CVMs that another active rollout holds, instead of refusing")
 	if err := noArgs(fs, args); err != nil {
@@ -37,7 +38,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	p, err := buildPlan(ctx, e, *file, *version)
+	p, err := buildPlan(ctx, e, *file, *version, *readTimeout)
 	if err != nil {
 		return err
 	}

@@ -20,13 +20,14 @@ func runPlan(ctx context.Context, e *Env, args []string) error {
 	out := fs.String("o", "table", "output: table or json")
 	version := fs.String("api-version", "", "X-Phala-Version to send (default 2026-01-21)")
 	all := fs.Bool("all", false, "table: list every CVM, not only the first 50 of each action")
+	readTimeout := readTimeoutFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	if err := checkFormat(*out, "table", "json"); err != nil {
 		return err
 	}
-	p, err := buildPlan(ctx, e, *file, *version)
+	p, err := buildPlan(ctx, e, *file, *version, *readTimeout)
 	if err != nil {
 		return err
 	}
@@ -41,7 +42,18 @@ func runPlan(ctx context.Context, e *Env, args []string) error {
 	return nil
 }
 
-func buildPlan(ctx context.Context, e *Env, file, version string) (*plan.Plan, error) {
+// readTimeoutFlag is plan's and apply's --read-timeout.
+func readTimeoutFlag(fs *flag.FlagSet) *time.Duration {
+	return fs.Duration("read-timeout", plan.DefaultReadTimeout,
+		"give up on the API after this long without a usable answer (it is retried through 429s and 5xx meanwhile)")
+}
+
+// buildPlan plans file against the API; an empty selection is warned
+// about on stderr.
+func buildPlan(ctx context.Context, e *Env, file, version string, readTimeout time.Duration) (*plan.Plan, error) {
+	if readTimeout <= 0 {
+		return nil, fmt.Errorf("--read-timeout must be positive")
+	}
 	if file == "" {
 		return nil, fmt.Errorf("-f FILE is required")
 	}
@@ -53,8 +65,14 @@ func buildPlan(ctx context.Context, e *Env, file, version string) (*plan.Plan, e
 	if err != nil {
 		return nil, err
 	}
-	p, err := plan.Build(ctx, c, f, 0)
-	return p, keyHint(err)
+	p, err := plan.BuildWith(ctx, c, f, plan.Options{ReadTimeout: readTimeout})
+	if err != nil {
+		return nil, keyHint(err)
+	}
+	if len(p.Items) == 0 {
+		fmt.Fprintln(e.Stderr, "warning: the selector matches no CVM")
+	}
+	return p, nil
 }
 
 // printPlan prints the plan, at most rows rows per action (0: all).
@@ -93,13 +111,16 @@ func printPlan(w io.Writer, p *plan.Plan, rows int) {
 			textsafe.Cell(dash(it.VMM)), it.Action, textsafe.Cell(detail))
 	}
 	tw.Flush()
-	for _, a := range []plan.Action{plan.Patch, plan.Unchanged, plan.Skip} {
+	for _, a := range []plan.Action{plan.Patch, plan.Unchanged, plan.Skip, plan.Unknown} {
 		if n := shown[a]; rows > 0 && n > rows {
 			fmt.Fprintf(w, "  ... %d more %s rows (--all or -o json lists them)\n", n-rows, a)
 		}
 	}
-	fmt.Fprintf(w, "\nPlan: %d to patch, %d unchanged, %d skipped (%d selected). Plan hash %s.\n",
-		p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], len(p.Items), p.Hash)
+	fmt.Fprintf(w, "\nPlan: %d to patch, %d unchanged, %d skipped, %d unknown (%d selected). Plan hash %s.\n",
+		p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], p.Counts[plan.Unknown], len(p.Items), p.Hash)
+	if n := p.Counts[plan.Unknown]; n > 0 {
+		fmt.Fprintf(w, "%d CVMs are unknown: their config could not be read, so apply would not patch them; plan again when the API answers.\n", n)
+	}
 	if len(p.Stages) > 1 {
 		fmt.Fprintf(w, "Stages:")
 		for i, st := range p.Stages {

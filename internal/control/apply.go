@@ -137,6 +137,8 @@ func newRollout(p *plan.Plan, who string, now time.Time, o ApplyOptions, fromFil
 			c.State, c.Stage, c.Reason = store.Pending, it.Stage, ""
 		case plan.Unchanged:
 			c.State, c.Reason = store.Unchanged, "already at target at plan time"
+		case plan.Unknown: // never queued
+			c.State, c.Reason = store.Skipped, "config unreadable at plan time: "+it.ReadError()
 		default:
 			c.State = store.Skipped
 		}

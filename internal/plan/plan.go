@@ -5,9 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
 	"golang.org/x/sync/errgroup"
@@ -20,6 +24,9 @@ const (
 	Patch     Action = "patch"
 	Unchanged Action = "unchanged" // already at target: no PATCH
 	Skip      Action = "skip"      // not patchable; Reason says why
+	// Unknown: the current config could not be read (Reason says why), so
+	// the plan cannot tell patch from unchanged. Never patched or queued.
+	Unknown Action = "unknown"
 )
 
 // Item is one selected CVM in a plan.
@@ -73,13 +80,35 @@ type Reader interface {
 // DefaultReadConcurrency bounds parallel network-config reads.
 const DefaultReadConcurrency = 32
 
+// Options tune Build; zero values are the defaults.
+type Options struct {
+	Concurrency int // parallel network-config reads (DefaultReadConcurrency)
+	// ReadTimeout bounds the wait for usable answers (DefaultReadTimeout):
+	// see patience.
+	ReadTimeout time.Duration
+}
+
 // Build resolves f's selector against the API and reads the current network
 // config of every selected, patchable CVM (at most concurrency reads at once).
 func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, error) {
-	if concurrency <= 0 {
-		concurrency = DefaultReadConcurrency
+	return BuildWith(ctx, r, f, Options{Concurrency: concurrency})
+}
+
+// BuildWith is Build with options. Reads the API throttles or fails
+// transiently are retried (see patience). A CVM whose config still cannot
+// be read is Unknown; if no config at all could be read, or the list
+// cannot be, Build fails.
+func BuildWith(ctx context.Context, r Reader, f *File, o Options) (*Plan, error) {
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultReadConcurrency
 	}
-	cvms, err := r.ListCVMs(ctx)
+	pt := newPatience(ctx, o.ReadTimeout)
+	defer pt.stop()
+	var cvms []api.CVM
+	err := pt.read(func(ctx context.Context) (err error) {
+		cvms, err = r.ListCVMs(ctx)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listing CVMs: %w", err)
 	}
@@ -121,39 +150,68 @@ func Build(ctx context.Context, r Reader, f *File, concurrency int) (*Plan, erro
 	}
 	sort.Slice(p.Items, func(i, j int) bool { return p.Items[i].CVMID < p.Items[j].CVMID })
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(concurrency)
+	g := errgroup.Group{}
+	g.SetLimit(o.Concurrency)
+	var mu sync.Mutex
+	var toRead, answered int
+	var lastErr error
 	for i := range p.Items {
 		it := &p.Items[i]
 		if it.Action != Patch {
 			continue
 		}
+		toRead++
 		g.Go(func() error {
-			nc, err := r.GetNetworkConfig(gctx, it.CVMID)
+			var nc *api.NetworkConfig
+			err := pt.read(func(ctx context.Context) (err error) {
+				nc, err = r.GetNetworkConfig(ctx, it.CVMID)
+				return err
+			})
 			switch {
-			case api.StatusOf(err) == 404:
-				it.Action, it.Reason = Skip, "CVM not found"
-			case err != nil && gctx.Err() != nil:
-				return gctx.Err()
-			case err != nil:
-				// The worker reads it again before patching; one unreadable
-				// config must not fail the whole plan.
-				it.Reason = "current config unreadable: " + err.Error()
-			default:
+			case err == nil:
 				it.KMS, it.Gateway = nc.KMSURLs, nc.GatewayURLs
 				if _, changed := f.Target.Diff(nc); !changed {
 					it.Action = Unchanged
 				}
+			case api.StatusOf(err) == 404:
+				it.Action, it.Reason = Skip, "CVM not found"
+			case ctx.Err() != nil:
+				return ctx.Err()
+			default:
+				// Neither patch nor unchanged: the worker would read it
+				// again, but a plan must not promise a PATCH it has not
+				// checked, nor change with the API's load.
+				it.Action, it.Reason = Unknown, unreadable+err.Error()
+				var ge *GaveUpError
+				mu.Lock()
+				if lastErr == nil || !errors.As(err, &ge) || ge.Last != nil {
+					lastErr = err // one that says what the API answered, if any did
+				}
+				mu.Unlock()
+				return nil
 			}
+			mu.Lock()
+			answered++
+			mu.Unlock()
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	if toRead > 0 && answered == 0 {
+		return nil, fmt.Errorf("reading network configs: none of %d could be read: %w", toRead, lastErr)
+	}
 	p.Finish()
 	return p, nil
 }
+
+// unreadable starts an Unknown item's Reason.
+const unreadable = "current config unreadable: "
+
+// ReadError is why an Unknown item's config could not be read: its Reason
+// without the "current config unreadable: " in front.
+func (it Item) ReadError() string { return strings.TrimPrefix(it.Reason, unreadable) }
 
 // Finish counts the actions, assigns stages and computes the hash, once
 // every item's action is known.
@@ -226,12 +284,18 @@ func (p *Plan) AssignStages() {
 }
 
 // ComputeHash digests the file and each CVM's action, reason, current
-// config and stage.
+// config and stage. An unknown CVM counts by its id and action only: its
+// reason is an error text (request ids, timings) that differs every run.
 func (p *Plan) ComputeHash() string {
 	h := sha256.New()
 	h.Write([]byte(p.SpecHash))
 	for _, it := range p.Items {
-		b, _ := json.Marshal([]any{it.CVMID, it.Action, it.Reason, it.KMS, it.Gateway, it.Stage, it.Target})
+		var b []byte
+		if it.Action == Unknown {
+			b, _ = json.Marshal([]any{it.CVMID, it.Action, it.Target})
+		} else {
+			b, _ = json.Marshal([]any{it.CVMID, it.Action, it.Reason, it.KMS, it.Gateway, it.Stage, it.Target})
+		}
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
@@ -152,7 +153,11 @@ const (
 	kmsOld = "https://kms.old:8000"
 )
 
-func TestBuild(t *testing.T) {
+// TestBuild runs in a bubble: cvm_i's config answers 500 every time, and
+// the plan retries it for the read timeout of fake time.
+func TestBuild(t *testing.T) { synctest.Test(t, testBuild) }
+
+func testBuild(t *testing.T) {
 	r := &fakeReader{
 		cvms: []api.CVM{
 			// Listed out of order, one twice: the plan sorts and dedupes.
@@ -190,9 +195,13 @@ selector:
 target:
   kms_urls: ["`+kmsNew+`"]
 `)
+	start := time.Now()
 	p, err := Build(context.Background(), r, f, 4)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if took := time.Since(start); took < DefaultReadTimeout || took > DefaultReadTimeout+20*time.Second {
+		t.Errorf("Build took %s; a read failing with 500 is retried for the read timeout (%s)", took, DefaultReadTimeout)
 	}
 	type row struct {
 		id     string
@@ -209,7 +218,7 @@ target:
 		{"cvm_g", Skip, `VMM version unknown ("garbage")`},
 		{"cvm_gone", Skip, "CVM not found"},
 		{"cvm_h", Patch, ""},
-		{"cvm_i", Patch, "current config unreadable: GET /cvms/cvm_i/network-config: HTTP 500"},
+		{"cvm_i", Unknown, "current config unreadable: no usable answer from the API for 2m0s (read timeout): GET /cvms/cvm_i/network-config: HTTP 500"},
 		{"cvm_s", Skip, "listed in selector.ids but fails another selector condition"},
 		{"cvm_y", Skip, "listed in selector.ids but fails another selector condition"},
 	}
@@ -239,7 +248,7 @@ target:
 	if s := p.Items[10]; s.Status != "stopped" || s.Name != "prod-s" {
 		t.Errorf("cvm_s item = %+v", s)
 	}
-	wantCounts := map[Action]int{Patch: 3, Unchanged: 1, Skip: 8}
+	wantCounts := map[Action]int{Patch: 2, Unchanged: 1, Skip: 8, Unknown: 1}
 	if fmt.Sprint(p.Counts) != fmt.Sprint(wantCounts) {
 		t.Errorf("Counts = %v, want %v", p.Counts, wantCounts)
 	}
@@ -247,8 +256,13 @@ target:
 		t.Errorf("plan header = %q %q %q", p.Name, p.SpecHash, p.ID)
 	}
 
-	// Only CVMs that pass the selector and the VMM gate are read, once each.
+	// Only CVMs that pass the selector and the VMM gate are read, once
+	// each, but for cvm_i, which is retried.
 	slices.Sort(r.reads)
+	if n := strings.Count(strings.Join(r.reads, " "), "cvm_i"); n < 3 {
+		t.Errorf("cvm_i read %d times; a 500 is retried", n)
+	}
+	r.reads = slices.Compact(r.reads)
 	if want := []string{"cvm_a", "cvm_b", "cvm_e", "cvm_h", "cvm_i"}; !slices.Equal(r.reads, want) {
 		t.Errorf("read %q, want %q", r.reads, want)
 	}
@@ -304,7 +318,9 @@ func TestBuildConcurrencyLimit(t *testing.T) {
 	}
 }
 
-func TestBuildErrors(t *testing.T) {
+func TestBuildErrors(t *testing.T) { synctest.Test(t, testBuildErrors) }
+
+func testBuildErrors(t *testing.T) {
 	f := mustParse(t, "name: t\nselector: {all: true}\ntarget: {kms_urls: []}\n")
 	listErr := &api.Error{Method: "GET", Path: "/cvms", StatusCode: 503}
 	if _, err := Build(context.Background(), &fakeReader{listErr: listErr}, f, 2); !errors.Is(err, listErr) || !strings.HasPrefix(err.Error(), "listing CVMs: ") {

@@ -60,6 +60,7 @@ type Server struct {
 	faults  Faults
 	limiter *rate.Limiter
 	forced  map[string]int // cvm id -> status to answer on PATCH
+	unread  map[string]int // cvm id -> status to answer on GET network-config
 	patches map[string]int
 
 	requests, patchCount, throttled, serverErrors atomic.Int64
@@ -67,7 +68,7 @@ type Server struct {
 
 // New builds a simulator over a generated fleet.
 func New(o Options) *Server {
-	s := &Server{key: o.APIKey, cvms: map[string]*cvm{}, forced: map[string]int{}, patches: map[string]int{}}
+	s := &Server{key: o.APIKey, cvms: map[string]*cvm{}, forced: map[string]int{}, unread: map[string]int{}, patches: map[string]int{}}
 	for _, c := range generate(o.Fleet) {
 		s.cvms[c.id] = c
 		s.order = append(s.order, c)
@@ -113,13 +114,19 @@ func (s *Server) Faults() Faults {
 
 // FailPatch makes every PATCH of cvm id answer status (403, 404, 422, 500...).
 // Status 0 clears it.
-func (s *Server) FailPatch(id string, status int) {
+func (s *Server) FailPatch(id string, status int) { s.setStatus(s.forced, id, status) }
+
+// FailRead makes every GET of cvm id's network config answer status (500,
+// 503...). Status 0 clears it.
+func (s *Server) FailRead(id string, status int) { s.setStatus(s.unread, id, status) }
+
+func (s *Server) setStatus(m map[string]int, id string, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if status == 0 {
-		delete(s.forced, id)
+		delete(m, id)
 	} else {
-		s.forced[id] = status
+		m[id] = status
 	}
 }
 
@@ -343,10 +350,15 @@ func (s *Server) getNetworkConfig(w http.ResponseWriter, r *http.Request) {
 	s.mu.RLock()
 	c := s.lookup(w, r)
 	var body networkConfigBody
+	code := 0
 	if c != nil {
-		body = c.networkConfig()
+		body, code = c.networkConfig(), s.unread[c.id]
 	}
 	s.mu.RUnlock()
+	if code != 0 {
+		writeJSON(w, code, map[string]any{"detail": fmt.Sprintf("injected failure %d", code)})
+		return
+	}
 	if c != nil {
 		writeJSON(w, http.StatusOK, body)
 	}

@@ -681,19 +681,31 @@ func TestFaults(t *testing.T) {
 		}
 	})
 
-	t.Run("FailPatch", func(t *testing.T) {
-		for _, code := range []int{403, 404, 500} {
-			f.s.FailPatch(id, code)
+	ops := []struct {
+		name string
+		fail func(id string, status int)
+		call func() error
+	}{
+		{"FailPatch", f.s.FailPatch, func() error {
 			_, err := f.c.PatchNetworkConfig(context.Background(), id, api.NetworkConfigUpdate{})
-			if api.StatusOf(err) != code {
-				t.Errorf("FailPatch(%d): err = %v", code, err)
+			return err
+		}},
+		{"FailRead", f.s.FailRead, func() error { _, err := f.c.GetNetworkConfig(context.Background(), id); return err }},
+	}
+	for _, op := range ops {
+		t.Run(op.name, func(t *testing.T) {
+			for _, code := range []int{403, 404, 500} {
+				op.fail(id, code)
+				if err := op.call(); api.StatusOf(err) != code {
+					t.Errorf("%s(%d): err = %v", op.name, code, err)
+				}
 			}
-		}
-		f.s.FailPatch(id, 0)
-		if _, err := f.c.PatchNetworkConfig(context.Background(), id, api.NetworkConfigUpdate{}); err != nil {
-			t.Errorf("after FailPatch(0): %v", err)
-		}
-	})
+			op.fail(id, 0)
+			if err := op.call(); err != nil {
+				t.Errorf("after %s(0): %v", op.name, err)
+			}
+		})
+	}
 }
 
 func TestStatsAndPartialPatch(t *testing.T) {
