@@ -94,6 +94,9 @@ func printApplied(w io.Writer, a control.Applied, toPatch int) {
 	case !a.Created && a.State == store.RolloutCompleted:
 		fmt.Fprintf(w, "\nRollout %s already completed, and the plan finds nothing to patch.\n", a.ID)
 		return
+	case a.Created && a.State == store.RolloutCompleted:
+		fmt.Fprintf(w, "\nRecorded rollout %s (completed): the plan finds nothing to patch.\n", a.ID)
+		return
 	case a.Created:
 		fmt.Fprintf(w, "\nRecorded rollout %s (%s): %d tasks queued now.\n", a.ID, a.State, a.Queued)
 	default:

@@ -43,6 +43,12 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 	if *out == "table" {
 		printPlan(e.Stdout, p, 50)
 	}
+	if p.Counts[plan.Patch] == 0 && !*dry {
+		// Everything is back already (an earlier rollback, cancelled part-way,
+		// got that far) or left alone: nothing to record.
+		fmt.Fprintf(e.Stdout, "\nNothing to restore: every CVM %s changed is at its before-image, or left alone (see DETAIL).\n", id)
+		return nil
+	}
 	if *dry {
 		if *out == "json" {
 			return writeJSON(e.Stdout, p)

@@ -45,11 +45,6 @@ type move struct {
 	Now       string                        `json:"now"`
 }
 
-var (
-	live    = []RolloutState{RolloutScheduled, RolloutRunning, RolloutPaused}
-	anyward = []RolloutState{RolloutScheduled, RolloutRunning, RolloutPaused, RolloutCompleted, RolloutCancelled}
-)
-
 func str(s string) *string { return &s }
 
 // run applies m to rollout id at now, with the audit line by: what (none
@@ -118,14 +113,17 @@ func operatorWords(op, done, by, reason string) (why, what string) {
 // Pause stops a running or scheduled rollout from starting CVMs.
 func (s *Store) Pause(ctx context.Context, id, by, reason string, now time.Time) (RolloutState, error) {
 	why, what := operatorWords("pause", "paused", by, reason)
-	return s.state(ctx, id, now, by, what, move{op: "pause", From: []RolloutState{RolloutRunning, RolloutScheduled}, To: RolloutPaused, Reason: str(why)})
+	m := mv("pause")
+	m.Reason = str(why)
+	return s.state(ctx, id, now, by, what, m)
 }
 
 // Resume continues a paused rollout, unless another member of its family
 // is going. maxFailed >= 0 raises the failure budget to that many failures
 // in the same step (and only if the resume goes ahead).
 func (s *Store) Resume(ctx context.Context, id, by string, maxFailed int, now time.Time) (RolloutState, error) {
-	m := move{op: "resume", From: []RolloutState{RolloutPaused}, To: RolloutRunning, Reason: str(""), Exclusive: true, Going: "add"}
+	m := mv("resume")
+	m.Reason, m.Exclusive, m.Going = str(""), true, "add"
 	what := "resume {move}"
 	if maxFailed >= 0 {
 		m.Set = map[string]string{"budget_max_failed": strconv.Itoa(maxFailed)}
@@ -147,7 +145,9 @@ func (s *Store) Cancel(ctx context.Context, id, by, reason string, now time.Time
 	if err != nil {
 		return "", false, err
 	}
-	before, err = s.state(ctx, id, now, by, what, move{op: "cancel", From: live, To: RolloutCancelled, Reason: str(why), Set: map[string]string{"repeat": "0"}})
+	m := mv("cancel")
+	m.Reason, m.Set = str(why), map[string]string{"repeat": "0"}
+	before, err = s.state(ctx, id, now, by, what, m)
 	stopped = err == nil && r.Repeat
 	if ne := (*NotAllowedError)(nil); errors.As(err, &ne) && ne.State == RolloutCompleted && r.Repeat {
 		stopped, err = s.StopRepeats(ctx, id, by, "repeats stopped by cancel", now)
@@ -161,7 +161,9 @@ func (s *Store) Cancel(ctx context.Context, id, by, reason string, now time.Time
 // StopRepeats ends a rollout's schedule.repeat (a cancel of its completed
 // root, a rollback, end_at). It reports whether it was repeating.
 func (s *Store) StopRepeats(ctx context.Context, id, by, what string, now time.Time) (bool, error) {
-	_, err := s.state(ctx, id, now, by, what, move{op: "stop repeats", From: anyward, Require: map[string]string{"repeat": "1"}, Set: map[string]string{"repeat": "0"}})
+	m := mv("stop repeats")
+	m.Require, m.Set = map[string]string{"repeat": "1"}, map[string]string{"repeat": "0"}
+	_, err := s.state(ctx, id, now, by, what, m)
 	was := err == nil
 	var ne *NotAllowedError
 	if errors.As(err, &ne) {
@@ -175,31 +177,39 @@ func (s *Store) StopRepeats(ctx context.Context, id, by, what string, now time.T
 
 // Open lets a scheduled rollout run (its schedule allows it now).
 func (s *Store) Open(ctx context.Context, id string, now time.Time) error {
-	_, err := s.state(ctx, id, now, "controller", "started dispatching (schedule allows it)",
-		move{op: "open", From: []RolloutState{RolloutScheduled}, To: RolloutRunning, Reason: str("")})
+	m := mv("open")
+	m.Reason = str("")
+	_, err := s.state(ctx, id, now, "controller", "started dispatching (schedule allows it)", m)
 	return err
 }
 
 // Close stops dispatching a running rollout until its schedule opens.
 func (s *Store) Close(ctx context.Context, id, why string, now time.Time) error {
-	_, err := s.state(ctx, id, now, "controller", "stopped dispatching: "+why,
-		move{op: "close", From: []RolloutState{RolloutRunning}, To: RolloutScheduled, Reason: str(why)})
+	m := mv("close")
+	m.Reason = str(why)
+	_, err := s.state(ctx, id, now, "controller", "stopped dispatching: "+why, m)
 	return err
 }
 
 // End applies schedule.end_at, once: to is cancelled or paused. An
 // operator who resumes after it means it.
 func (s *Store) End(ctx context.Context, id string, to RolloutState, why string, now time.Time) error {
-	_, err := s.state(ctx, id, now, "controller", why, move{op: "end", From: live, To: to, Reason: str(why),
-		Unless: map[string]string{"ended": "1"}, Set: map[string]string{"ended": "1", "repeat": "0"}})
+	op := "end-cancel"
+	if to == RolloutPaused {
+		op = "end-pause"
+	}
+	m := mv(op)
+	m.Reason, m.Unless, m.Set = str(why), map[string]string{"ended": "1"}, map[string]string{"ended": "1", "repeat": "0"}
+	_, err := s.state(ctx, id, now, "controller", why, m)
 	return err
 }
 
 // Complete finishes a running rollout with no CVM left to do. Settle
 // then gives its claims back.
 func (s *Store) Complete(ctx context.Context, id string, now time.Time) error {
-	_, err := s.state(ctx, id, now, "controller", "completed", move{op: "complete", From: []RolloutState{RolloutRunning}, To: RolloutCompleted,
-		Reason: str(""), Zero: []string{countField(Pending), countField(Running)}, Going: "rem"})
+	m := mv("complete")
+	m.Reason, m.Zero, m.Going = str(""), []string{countField(Pending), countField(Running)}, "rem"
+	_, err := s.state(ctx, id, now, "controller", "completed", m)
 	return err
 }
 
@@ -207,18 +217,19 @@ func (s *Store) Complete(ctx context.Context, id string, now time.Time) error {
 // or before its bake has run out. Of two promotes at once, one is recorded.
 func (s *Store) Promote(ctx context.Context, id string, stage int, by string, now time.Time) error {
 	n := strconv.Itoa(stage)
-	_, err := s.state(ctx, id, now, by, fmt.Sprintf("stage %d promoted", stage+1), move{op: "promote", From: live,
-		Require: map[string]string{"stage": n}, Unless: map[string]string{"promoted": n},
-		Zero: []string{stageCountField(stage, Pending), stageCountField(stage, Running)}, Set: map[string]string{"promoted": n}})
+	m := mv("promote")
+	m.Require, m.Unless, m.Set = map[string]string{"stage": n}, map[string]string{"promoted": n}, map[string]string{"promoted": n}
+	m.Zero = []string{stageCountField(stage, Pending), stageCountField(stage, Running)}
+	_, err := s.state(ctx, id, now, by, fmt.Sprintf("stage %d promoted", stage+1), m)
 	return err
 }
 
 // Advance starts the stage after from (the current one, done and past its
 // gate).
 func (s *Store) Advance(ctx context.Context, id string, from int, name string, now time.Time) error {
-	_, err := s.state(ctx, id, now, "controller", fmt.Sprintf("stage %d (%s) started", from+2, name), move{op: "advance",
-		From: []RolloutState{RolloutRunning}, Require: map[string]string{"stage": strconv.Itoa(from)},
-		Set: map[string]string{"stage": strconv.Itoa(from + 1)}, Reason: str("")})
+	m := mv("advance")
+	m.Require, m.Set, m.Reason = map[string]string{"stage": strconv.Itoa(from)}, map[string]string{"stage": strconv.Itoa(from + 1)}, str("")
+	_, err := s.state(ctx, id, now, "controller", fmt.Sprintf("stage %d (%s) started", from+2, name), m)
 	return err
 }
 
@@ -235,10 +246,9 @@ func (s *Store) Retry(ctx context.Context, id, by string, cvms []string, now tim
 	if err := s.rdb.SAdd(ctx, ActiveKey, id).Err(); err != nil {
 		return 0, 0, err
 	}
-	_, nums, err := s.run(ctx, id, now, by, fmt.Sprintf("retry --failed: %d failed CVMs to queue again", len(cvms)), move{op: "retry",
-		From:    []RolloutState{RolloutScheduled, RolloutRunning, RolloutPaused, RolloutCompleted},
-		ToIf:    map[RolloutState]RolloutState{RolloutCompleted: RolloutRunning},
-		NonZero: []string{countField(Failed)}, Exclusive: true, Going: "add", Incr: "gen", Reset: cvms})
+	m := mv("retry")
+	m.NonZero, m.Exclusive, m.Going, m.Incr, m.Reset = []string{countField(Failed)}, true, "add", "gen", cvms
+	_, nums, err := s.run(ctx, id, now, by, fmt.Sprintf("retry --failed: %d failed CVMs to queue again", len(cvms)), m)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -260,7 +270,9 @@ func (s *Store) Busy(ctx context.Context, id string) (string, error) {
 // SetReason notes why a rollout in state waits (a bake, a manual gate, a
 // window), if it is still in that state. No audit line: it is not a move.
 func (s *Store) SetReason(ctx context.Context, id string, state RolloutState, why string, now time.Time) error {
-	_, err := s.state(ctx, id, now, "", "", move{op: "note", From: []RolloutState{state}, Reason: str(why)})
+	m := mv("note")
+	m.From, m.Reason = []RolloutState{state}, str(why)
+	_, err := s.state(ctx, id, now, "", "", m)
 	if _, ok := err.(*NotAllowedError); ok {
 		return nil // it moved on meanwhile
 	}

@@ -3,7 +3,10 @@ package store_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -155,4 +158,34 @@ func TestClaimsRace(t *testing.T) {
 			}
 		})
 	}
+}
+
+var update = flag.Bool("update", false, "rewrite docs/state_machine.md's table of moves")
+
+// TestStateMachineDoc: docs/state_machine.md shows the transitions as the
+// code makes them (store.Moves).
+func TestStateMachineDoc(t *testing.T) {
+	const path = "../../docs/state_machine.md"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	start := strings.Index(doc, "<!-- moves:")
+	end := strings.Index(doc, "<!-- /moves -->")
+	if start < 0 || end < start {
+		t.Fatal("docs/state_machine.md lacks the <!-- moves: --> ... <!-- /moves --> markers")
+	}
+	start += strings.Index(doc[start:], "\n") + 1
+	want := store.MoveTable()
+	if doc[start:end] == want {
+		return
+	}
+	if *update {
+		if err := os.WriteFile(path, []byte(doc[:start]+want+doc[end:]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatalf("docs/state_machine.md's table differs from store.Moves; run go test ./internal/store -run TestStateMachineDoc -update\nwant:\n%s", want)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"github.com/phalafleet/rollout/internal/plan"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +84,56 @@ func TestRetryWaitFollowsAttempts(t *testing.T) {
 	}
 	if d := retryWait(Decision{Kind: Retry, After: 7 * time.Second}, 1, b); d != 7*time.Second {
 		t.Errorf("Retry-After 7s: waited %s", d)
+	}
+}
+
+// TestDecide mirrors README's "What each API answer leads to", row by row:
+// the outcome of a try, and what happens to the CVM after it.
+func TestDecide(t *testing.T) {
+	rp := plan.Retry{MaxAttempts: 3, Backoff: plan.Backoff{Base: 2 * time.Second, Max: time.Minute}}
+	apiErr := func(status int, msg string, ra time.Duration) error {
+		return &api.Error{Method: "PATCH", Path: "/cvms/x/network-config", StatusCode: status, Message: msg, RetryAfter: ra}
+	}
+	found := func(st store.CVMState) Outcome { return Outcome{State: st} }
+	cases := []struct {
+		row     string
+		o       Outcome
+		attempt int
+		mode    store.Mode
+		state   store.CVMState
+		wait    time.Duration // 0: not checked; for a backoff (jittered), the most it may be
+	}{
+		{"PATCH 200 and the read-back shows the target", found(store.Succeeded), 1, store.ModeFinish, store.Succeeded, 0},
+		{"current config already at the target", found(store.Unchanged), 1, store.ModeFinish, store.Unchanged, 0},
+		{"GET /cvms/{id} shows a VMM below 0.5.7", found(store.Skipped), 1, store.ModeFinish, store.Skipped, 0},
+		{"400 whose message names the VMM", Outcome{Err: apiErr(400, "VMM 0.5.6 is below 0.5.7", 0)}, 1, store.ModeFinish, store.Skipped, 0},
+		{"400 (other)", Outcome{Err: apiErr(400, "invalid", 0)}, 1, store.ModeFinish, store.Failed, 0},
+		{"403", Outcome{Err: apiErr(403, "not enabled", 0)}, 1, store.ModeFinish, store.Failed, 0},
+		{"404", Outcome{Err: apiErr(404, "not found", 0)}, 1, store.ModeFinish, store.Failed, 0},
+		{"422", Outcome{Err: apiErr(422, "bad body", 0)}, 1, store.ModeFinish, store.Failed, 0},
+		{"401", Outcome{Err: apiErr(401, "bad key", 0)}, 1, store.ModeFinish, store.Failed, 0},
+		{"429", Outcome{Err: apiErr(429, "slow down", 4*time.Second)}, 3, store.ModeSnooze, store.Pending, 4 * time.Second},
+		{"429 without Retry-After", Outcome{Err: apiErr(429, "slow down", 0)}, 1, store.ModeSnooze, store.Pending, time.Second},
+		{"409", Outcome{Err: apiErr(409, "busy", 0)}, 1, store.ModeRequeue, store.Pending, 2 * time.Second},
+		{"5xx with Retry-After", Outcome{Err: apiErr(503, "busy", 9*time.Second)}, 2, store.ModeRequeue, store.Pending, 9 * time.Second},
+		{"network error", Outcome{Err: &net.OpError{Op: "dial", Err: errors.New("refused")}}, 2, store.ModeRequeue, store.Pending, 4 * time.Second},
+		{"timeout", Outcome{Err: context.DeadlineExceeded}, 1, store.ModeRequeue, store.Pending, 2 * time.Second},
+		{"the last allowed attempt fails in a retryable way", Outcome{Err: apiErr(500, "boom", 0)}, 3, store.ModeFinish, store.Failed, 0},
+		{"the rollout's own rate limit", Outcome{Err: &Snooze{After: 3 * time.Second, Reason: "rollout rate limit"}}, 3, store.ModeSnooze, store.Pending, 3 * time.Second},
+		{"the worker is shutting down", Outcome{Err: context.Canceled}, 1, store.ModeSnooze, store.Pending, time.Second},
+		{"the rollout is paused", Outcome{Err: &Snooze{After: 5 * time.Second, Reason: "rollout paused"}}, 1, store.ModeSnooze, store.Pending, 5 * time.Second},
+	}
+	for _, c := range cases {
+		t.Run(c.row, func(t *testing.T) {
+			n := Decide(c.o, c.attempt, rp)
+			backoff := c.mode == store.ModeRequeue && !strings.Contains(c.row, "Retry-After")
+			waitOK := c.wait == 0 || n.Wait == c.wait || backoff && n.Wait > 0 && n.Wait <= c.wait
+			if n.Mode != c.mode || n.State != c.state || !waitOK {
+				t.Fatalf("Decide = %+v, want %s to %s (wait %s)", n, c.mode, c.state, c.wait)
+			}
+		})
+	}
+	if n := Decide(Outcome{Err: apiErr(500, "boom", 0)}, 3, rp); !strings.HasSuffix(n.Reason, "boom (after 3 attempts)") {
+		t.Fatalf("reason %q", n.Reason)
 	}
 }
