@@ -141,7 +141,7 @@ func progressLine(r *store.Rollout) string {
 		}
 	}
 	if r.Reason != "" {
-		fmt.Fprintf(&b, "  (%s)", r.Reason)
+		fmt.Fprintf(&b, "  (%s)", textsafe.Cell(r.Reason)) // an operator's --reason may hold anything
 	}
 	return b.String()
 }
@@ -149,7 +149,7 @@ func progressLine(r *store.Rollout) string {
 func printStatus(w io.Writer, r *store.Rollout) {
 	fmt.Fprintf(w, "Rollout:  %s\nName:     %s\nState:    %s\n", r.ID, r.Name, r.State)
 	if r.Reason != "" {
-		fmt.Fprintf(w, "Reason:   %s\n", r.Reason)
+		fmt.Fprintf(w, "Reason:   %s\n", textsafe.Cell(r.Reason))
 	}
 	fmt.Fprintf(w, "Created:  %s by %s\n", r.CreatedAt.Local().Format(time.RFC3339), r.CreatedBy)
 	if b := r.Budget; b != nil {
