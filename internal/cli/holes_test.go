@@ -56,6 +56,9 @@ func TestOverlappingRolloutsRefused(t *testing.T) {
 	if _, err := b.Store.Get(context.Background(), bID); err == nil {
 		t.Fatal("the refused rollout was recorded")
 	}
+	if n, _ := b.RDB.Exists(context.Background(), store.RolloutKey(bID), store.OrderKey(bID), store.CVMKey(bID, b.Sim.IDs()[0])).Result(); n != 0 {
+		t.Fatalf("the refused rollout left %d keys behind", n)
+	}
 	out := mustRun(t, b, "apply", "-f", fileB, "--yes", "--allow-overlap")
 	if !strings.Contains(out, fmt.Sprintf("Skipped %d CVMs held by active rollout %s", held, a)) {
 		t.Fatalf("apply --allow-overlap:\n%s", out)

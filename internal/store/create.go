@@ -93,9 +93,29 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 		return Created{}, err
 	}
 	out := Created{New: true}
-	if out.Overlap, err = s.claim(ctx, r); err != nil {
-		return Created{}, err
+	// Claims first where their answer changes the records (AllowOverlap
+	// skips what another rollout holds). Otherwise they run beside the
+	// record writes, which is most of an apply's Redis time: nothing is
+	// ready (or queued) before both are done, and a refused rollout's
+	// records are taken back below.
+	claimed := make(chan error, 1)
+	if r.AllowOverlap {
+		if out.Overlap, err = s.claim(ctx, r); err != nil {
+			return Created{}, err
+		}
+		claimed <- nil
+	} else {
+		go func() {
+			_, err := s.claim(ctx, r)
+			claimed <- err
+		}()
 	}
+	wroteRecords := false
+	defer func() {
+		if !wroteRecords {
+			<-claimed // no claim outlives Create
+		}
+	}()
 	counts := map[CVMState]int{}
 	stageCounts := map[string]int{}
 	stageSize := make([]int, len(r.Stages))
@@ -183,6 +203,13 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 			return Created{}, err
 		}
 	}
+	wroteRecords = true
+	if err := <-claimed; err != nil {
+		if derr := s.unwrite(context.WithoutCancel(ctx), r); derr != nil {
+			return Created{}, errors.Join(err, derr)
+		}
+		return Created{}, err
+	}
 	// The fleet-wide sets first (they are supersets: an entry whose
 	// rollout is not ready is settled by the controller), then ready and
 	// the audit line in one MULTI, so no crash leaves a ready rollout
@@ -212,6 +239,25 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 		return Created{}, err
 	}
 	return out, nil
+}
+
+// unwrite deletes what Create wrote of a rollout that is not ready (its
+// claims were refused), while the creation lease is still held.
+func (s *Store) unwrite(ctx context.Context, r NewRollout) error {
+	keys := []string{RolloutKey(r.ID), OrderKey(r.ID)}
+	for i := range r.Stages {
+		keys = append(keys, StageKey(r.ID, i))
+	}
+	for start := 0; start < len(r.CVMs) || len(keys) > 0; start += chunk {
+		for _, c := range r.CVMs[min(start, len(r.CVMs)):min(start+chunk, len(r.CVMs))] {
+			keys = append(keys, CVMKey(r.ID, c.ID))
+		}
+		if err := s.rdb.Del(ctx, keys...).Err(); err != nil {
+			return err
+		}
+		keys = keys[:0]
+	}
+	return nil
 }
 
 // claim claims the CVMs r will patch (see claimScript), in chunks of

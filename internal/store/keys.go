@@ -15,23 +15,35 @@
 package store
 
 import (
-	"regexp"
 	"strconv"
+	"strings"
 )
 
 const prefix = "rollout:"
 
-// memberSuffix matches what a run or a rollback adds to its root's id:
-// base ids end in "-" and 8 hex digits (plan.Build), so the two never mix.
-var memberSuffix = regexp.MustCompile(`(-run[0-9]+)?(-rollback[0-9]*)?$`)
-
-// Family is the root of id's family: id less any "-runN" and "-rollbackN".
+// Family is the root of id's family: id less a trailing "-rollback[N]"
+// and then a trailing "-runN" (what runs and rollbacks add; base ids end in
+// "-" and 8 hex digits, plan.Build, so the two never mix). claimScript's
+// root() is the same rule in Lua. It runs for every key of every CVM, so
+// it is plain string work, not a regexp.
 func Family(id string) string {
-	loc := memberSuffix.FindStringIndex(id)
-	if loc == nil || loc[0] == 0 {
-		return id
+	s := id
+	if i := strings.LastIndex(s, "-rollback"); i > 0 && digits(s[i+len("-rollback"):]) {
+		s = s[:i]
 	}
-	return id[:loc[0]]
+	if i := strings.LastIndex(s, "-run"); i > 0 && len(s) > i+len("-run") && digits(s[i+len("-run"):]) {
+		s = s[:i]
+	}
+	return s
+}
+
+func digits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // base is the common start of every key of rollout id.
