@@ -98,7 +98,7 @@ func (c *Control) apply(ctx context.Context, p *plan.Plan, who string, now time.
 	}
 	out.State = r.State
 	if r.State == store.RolloutRunning {
-		out.Queued, err = c.Dispatch(ctx, r, p.File)
+		out.Queued, err = c.dispatch(ctx, r, p.File, cr.New)
 	}
 	if err == nil && !cr.New && out.Queued > 0 {
 		err = c.Store.Event(ctx, p.ID, now, who, fmt.Sprintf("applied again: %d tasks queued that were missing", out.Queued))
@@ -170,13 +170,22 @@ func Spec(r *store.Rollout) (*plan.File, error) {
 // Dispatch queues the current stage's pending CVMs (again, harmlessly, if
 // they are queued already) and records the stage as dispatched.
 func (c *Control) Dispatch(ctx context.Context, r *store.Rollout, spec *plan.File) (int, error) {
+	return c.dispatch(ctx, r, spec, false)
+}
+
+// dispatch is Dispatch; fresh says r was just recorded by this call, so
+// its stage's CVMs are all pending under generation 0 (no task of theirs
+// was queued yet) and need not be read back one by one.
+func (c *Control) dispatch(ctx context.Context, r *store.Rollout, spec *plan.File, fresh bool) (int, error) {
 	ids, err := c.Store.StageMembers(ctx, r.ID, r.Stage)
 	if err != nil {
 		return 0, err
 	}
-	pending, err := c.Store.PendingByGen(ctx, r.ID, ids)
-	if err != nil {
-		return 0, err
+	pending := map[int][]string{0: ids}
+	if !fresh {
+		if pending, err = c.Store.PendingByGen(ctx, r.ID, ids); err != nil {
+			return 0, err
+		}
 	}
 	n, err := c.enqueue(ctx, r.ID, spec, pending)
 	if err != nil {
