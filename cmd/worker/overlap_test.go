@@ -96,7 +96,7 @@ func TestOverlapWithWorkerProcesses(t *testing.T) {
 	if n := b.RDB.HLen(ctx, store.OwnersKey).Val(); n != int64(held) {
 		t.Fatalf("%d claims in %s while A runs; want A's %d", n, store.OwnersKey, held)
 	}
-	if active := b.RDB.SMembers(ctx, store.ActiveKey).Val(); !slices.Equal(active, []string{pa.ID}) {
+	if active := b.RDB.HKeys(ctx, store.ActiveKey).Val(); !slices.Equal(active, []string{pa.ID}) {
 		t.Fatalf("active set %v after B was refused; want only %s", active, pa.ID)
 	}
 
@@ -145,14 +145,14 @@ func TestOverlapWithWorkerProcesses(t *testing.T) {
 	// The controller settles both: claims given back, active set empty.
 	var owners, active int64
 	for end := done.Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		owners, active = b.RDB.HLen(ctx, store.OwnersKey).Val(), b.RDB.SCard(ctx, store.ActiveKey).Val()
+		owners, active = b.RDB.HLen(ctx, store.OwnersKey).Val(), b.RDB.HLen(ctx, store.ActiveKey).Val()
 		if owners == 0 && active == 0 || time.Now().After(end) {
 			break
 		}
 	}
 	settled := time.Since(done)
 	if owners != 0 || active != 0 {
-		left, _ := b.RDB.SMembers(ctx, store.ActiveKey).Result()
+		left, _ := b.RDB.HKeys(ctx, store.ActiveKey).Result()
 		t.Errorf("5s after both completed: %d claims left in %s, active set %v", owners, store.OwnersKey, left)
 	}
 	t.Logf("A (%d CVMs, 2 stages, bake 6s) took %s; B (%d patched, %d skipped) took %s from its apply; settled %s after both completed",

@@ -238,16 +238,7 @@ func (h *hookFirstWrite) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 func TestRetryRacesANewRun(t *testing.T) {
 	b := testutil.Setup(t, holeFleet)
 	file := testutil.WriteFile(t, "name: race\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n")
-	id := planID(t, b, file)
-	bad := b.Sim.IDs()[3]
-	b.Sim.FailPatch(bad, 403)
-	mustRun(t, b, "apply", "-f", file, "--yes")
-	stop := b.Workers(t, 1, 8)
-	if r := b.WaitState(t, id, 30*time.Second, store.RolloutCompleted); r.Counts[store.Failed] != 1 {
-		t.Fatalf("counts %v", r.Counts)
-	}
-	stop()
-	b.Sim.FailPatch(bad, 0)
+	id, bad := completedWithOneFailure(t, b, file)
 	var applyOut string
 	var applyErr error
 	hooked := redis.NewClient(b.RDB.(*redis.Client).Options())
@@ -290,5 +281,102 @@ func TestConcurrentPromoteLoggedOnce(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d promote lines in the audit trail, want 1: %+v", n, evs)
+	}
+}
+
+// pendingOnce checks that no CVM is pending or running in two rollouts
+// at once, across every rollout recorded.
+func pendingOnce(t *testing.T, b *testutil.Bundle) {
+	t.Helper()
+	ctx := context.Background()
+	rs, err := b.Store.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := map[string]string{}
+	for _, r := range rs {
+		b.Store.Records(ctx, r.ID, func(rec store.CVMRecord) error {
+			if !rec.State.Terminal() {
+				if other, ok := in[rec.CVMID]; ok {
+					t.Fatalf("%s is %s in %s and also to do in %s", rec.CVMID, rec.State, r.ID, other)
+				}
+				in[rec.CVMID] = r.ID
+			}
+			return nil
+		})
+	}
+}
+
+// completedWithOneFailure applies file, lets a worker finish it with one
+// CVM failed, and clears the failure in the simulator.
+func completedWithOneFailure(t *testing.T, b *testutil.Bundle, file string) (id, bad string) {
+	t.Helper()
+	id = planID(t, b, file)
+	bad = b.Sim.IDs()[3]
+	b.Sim.FailPatch(bad, 403)
+	mustRun(t, b, "apply", "-f", file, "--yes")
+	stop := b.Workers(t, 1, 8)
+	if r := b.WaitState(t, id, 30*time.Second, store.RolloutCompleted); r.Counts[store.Failed] != 1 {
+		t.Fatalf("counts %v", r.Counts)
+	}
+	stop()
+	b.Sim.FailPatch(bad, 0)
+	return id, bad
+}
+
+// TestSettleRacesRetry: the controller settling a completed rollout (its
+// claims given back, out of the active set) while an operator retries it
+// leaves the retried rollout driven and its CVMs claimed.
+func TestSettleRacesRetry(t *testing.T) {
+	b := testutil.Setup(t, holeFleet)
+	file := testutil.WriteFile(t, "name: settle\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n")
+	id, bad := completedWithOneFailure(t, b, file)
+	ctx := context.Background()
+	b.RDB.HSet(ctx, store.ActiveKey, id, "x") // as if the controller had not settled it yet
+	var retryErr error
+	hooked := b.HookedClient(t, &testutil.Before{
+		Match: func(c redis.Cmder) bool { return c.Name() == "lrange" && testutil.Names(c, store.OrderKey(id)) },
+		Fn:    func() { _, retryErr = control.New(b.RDB).RetryFailed(ctx, id, "op", time.Now()) },
+	})
+	if _, err := control.New(hooked).Store.Settle(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if retryErr != nil {
+		t.Fatalf("retry: %v", retryErr)
+	}
+	if ok, _ := b.RDB.HExists(ctx, store.ActiveKey, id).Result(); !ok {
+		t.Fatal("the retried rollout is out of the active set: nothing drives it")
+	}
+	if owner, _ := b.Store.Owner(ctx, bad); owner != id {
+		t.Fatalf("the retried CVM is claimed by %q, want %s", owner, id)
+	}
+	b.Workers(t, 1, 4)
+	b.WaitState(t, id, 30*time.Second, store.RolloutCompleted)
+}
+
+// TestRetryRacesANewRunAtItsClaim: a new run recorded between the retry's
+// checks and its claims neither has its claims taken nor works a CVM the
+// retry works.
+func TestRetryRacesANewRunAtItsClaim(t *testing.T) {
+	b := testutil.Setup(t, holeFleet)
+	file := testutil.WriteFile(t, "name: steal\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n")
+	id, bad := completedWithOneFailure(t, b, file)
+	ctx := context.Background()
+	hooked := b.HookedClient(t, &testutil.Before{
+		Match: func(c redis.Cmder) bool { return testutil.Names(c, store.OwnersKey) },
+		Fn:    func() { run(t, b, "apply", "-f", file, "--yes") },
+	})
+	_, retryErr := control.New(hooked).RetryFailed(ctx, id, "op", time.Now())
+	_, runErr := b.Store.Get(ctx, id+"-run2")
+	if retryErr == nil && runErr == nil {
+		t.Fatal("both the retry and run 2 went ahead")
+	}
+	pendingOnce(t, b)
+	holder := id
+	if runErr == nil {
+		holder = id + "-run2"
+	}
+	if owner, _ := b.Store.Owner(ctx, bad); owner != holder {
+		t.Fatalf("%s is claimed by %q, want %s, which works it", bad, owner, holder)
 	}
 }

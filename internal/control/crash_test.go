@@ -179,7 +179,7 @@ func settled(t *testing.T, b *testutil.Bundle) {
 	t.Helper()
 	ctx := context.Background()
 	waitFor(t, time.Minute, "the controller to settle", func() bool {
-		n, _ := b.RDB.SCard(ctx, store.ActiveKey).Result()
+		n, _ := b.RDB.HLen(ctx, store.ActiveKey).Result()
 		return n == 0
 	})
 	if owners, _ := b.RDB.HGetAll(ctx, store.OwnersKey).Result(); len(owners) != 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
@@ -12,9 +13,11 @@ import (
 
 // RetryFailed puts a rollout's failed CVMs back to pending and queues them
 // under a new task generation. A finished rollout runs again; a paused one
-// stays paused (its tasks wait for resume). The failed CVMs are claimed
-// again first: one that another rollout took since this one ended is not
-// worked twice (the retry is refused, naming it).
+// stays paused (its tasks wait for resume). The move comes first (it
+// checks, atomically, that no other member of the family is going, and
+// then makes this one going, so none starts meanwhile); then the reset
+// CVMs are claimed again: one that another rollout took since this one
+// ended is not worked twice, but recorded failed again, naming it.
 func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time) (int, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
@@ -38,9 +41,6 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 		return 0, err
 	}
 	if len(failed) > 0 {
-		if err := c.Store.Claim(ctx, id, failed); err != nil {
-			return 0, fmt.Errorf("retry: %w", err)
-		}
 		var ne *store.NotAllowedError
 		_, _, err = c.Store.Retry(ctx, id, who, failed, now)
 		switch {
@@ -67,13 +67,31 @@ func (c *Control) requeue(ctx context.Context, id string, spec *plan.File) (int,
 		return 0, err
 	}
 	byGen := map[int][]string{}
+	var ids []string
 	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
 		if rec.State == store.Pending && rec.Gen > 0 {
 			byGen[rec.Gen] = append(byGen[rec.Gen], rec.CVMID)
+			ids = append(ids, rec.CVMID)
 		}
 		return nil
 	}); err != nil {
 		return 0, err
+	}
+	// Claimed before they are queued; one another rollout holds now
+	// goes back to failed instead.
+	taken, err := c.Store.ClaimFree(ctx, id, ids)
+	if err != nil {
+		return 0, err
+	}
+	for cvm, owner := range taken {
+		if _, err := c.Store.Move(ctx, id, cvm, store.Failed, store.ModeFinish, time.Now(),
+			"reason", "not retried: it is in active rollout "+owner+" now; retry --failed again once that ends",
+			"finished_at", time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+			return 0, err
+		}
+		for g, l := range byGen {
+			byGen[g] = slices.DeleteFunc(l, func(c string) bool { return c == cvm })
+		}
 	}
 	n, err := c.enqueue(ctx, id, spec, byGen)
 	if err != nil {

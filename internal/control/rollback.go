@@ -29,15 +29,13 @@ func RollbackID(id string) string { return store.RollbackID(id, 1) }
 const rollbackWait = 45 * time.Second
 
 // ApplyRollback records and queues a rollback plan (from PlanRollback). It
-// stops the family's schedule.repeat first (a later run would see the
-// restored CVMs as drift and patch them back), and cancels the rollout it
-// undoes if that is paused: a rollback replaces it, and the two never work
-// the same CVMs at once.
+// cancels the rollout it undoes if that is paused (a rollback replaces
+// it, and the two never work the same CVMs at once), and once the rollback
+// is recorded it stops the family's schedule.repeat (a later run would see
+// the restored CVMs as drift and patch them back; while the rollback is
+// going, no run starts anyway). A refused rollback stops nothing.
 func (c *Control) ApplyRollback(ctx context.Context, p *plan.Plan, of, who string, now time.Time) (Applied, error) {
 	root := store.Family(of)
-	if _, err := c.Store.StopRepeats(ctx, root, who, "repeats stopped by the rollback of "+of, now); err != nil {
-		return Applied{}, err
-	}
 	orig, err := c.Store.Get(ctx, of)
 	if err != nil {
 		return Applied{}, err
@@ -62,6 +60,9 @@ func (c *Control) ApplyRollback(ctx context.Context, p *plan.Plan, of, who strin
 		if !errors.As(err, &be) || be.Other != of || time.Now().After(deadline) {
 			if err == nil && a.Created {
 				err = c.Store.Event(ctx, of, now, who, fmt.Sprintf("rollback recorded as %s (%d CVMs to restore)", a.ID, p.Counts[plan.Patch]))
+			}
+			if err == nil {
+				_, err = c.Store.StopRepeats(ctx, root, who, "repeats stopped by the rollback of "+of, now)
 			}
 			return a, err
 		}
@@ -135,8 +136,8 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 	p := &plan.Plan{ID: rb, Name: spec.Name, SpecHash: orig.SpecHash, File: spec, RollbackOf: id, Family: orig.Family}
 	var recs []store.CVMRecord
 	if err := c.Store.Records(ctx, id, func(rec store.CVMRecord) error {
-		if rec.Patched {
-			recs = append(recs, rec)
+		if rec.Patched || rec.PatchSent {
+			recs = append(recs, rec) // a PATCH sent by a try that died may have landed
 		}
 		return nil
 	}); err != nil {
@@ -154,6 +155,10 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 		*it = plan.Item{CVMID: rec.CVMID, Name: rec.Name, Action: plan.Patch}
 		t := plan.TargetOf(rec.PrevKMS, rec.PrevGW, spec.Target.Restart)
 		it.Target = &t
+		appliedKMS, appliedGW := rec.AppliedKMS, rec.AppliedGW
+		if !rec.Patched { // its try died after the PATCH: what landed, if anything, is the target
+			appliedKMS, appliedGW = spec.Target.KMS(), spec.Target.Gateway()
+		}
 		g.Go(func() error {
 			cur, err := r.GetNetworkConfig(gctx, rec.CVMID)
 			switch {
@@ -168,7 +173,7 @@ func (c *Control) PlanRollback(ctx context.Context, r ConfigReader, id string) (
 					it.Action, it.Reason = plan.Unchanged, "already at its before-image"
 				case rec.PrevKMS == nil && rec.PrevGW == nil:
 					it.Action, it.Reason = plan.Skip, "no before-image recorded"
-				case !matches(rec.AppliedKMS, cur.KMSURLs, spec.Target.KMS()) || !matches(rec.AppliedGW, cur.GatewayURLs, spec.Target.Gateway()):
+				case !matches(appliedKMS, cur.KMSURLs, spec.Target.KMS()) || !matches(appliedGW, cur.GatewayURLs, spec.Target.Gateway()):
 					it.Action, it.Reason = plan.Skip, "changed since the rollout; left alone"
 				}
 			}

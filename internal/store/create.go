@@ -100,13 +100,13 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 	// records are taken back below.
 	claimed := make(chan error, 1)
 	if r.AllowOverlap {
-		if out.Overlap, err = s.claim(ctx, r); err != nil {
+		if out.Overlap, _, err = s.claim(ctx, r); err != nil {
 			return Created{}, err
 		}
 		claimed <- nil
 	} else {
 		go func() {
-			_, err := s.claim(ctx, r)
+			_, _, err := s.claim(ctx, r)
 			claimed <- err
 		}()
 	}
@@ -216,7 +216,7 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 	// that nothing lists or drives.
 	pipe := s.rdb.Pipeline()
 	pipe.ZAdd(ctx, IndexKey, redis.Z{Score: float64(now.UnixMilli()), Member: r.ID})
-	pipe.SAdd(ctx, ActiveKey, r.ID)
+	pipe.HSet(ctx, ActiveKey, r.ID, newToken())
 	if r.Repeat {
 		pipe.SAdd(ctx, RepeatingKey, r.ID)
 	}
@@ -265,7 +265,9 @@ func (s *Store) unwrite(ctx context.Context, r NewRollout) error {
 // CVM). With AllowOverlap the CVMs another rollout holds turn skipped in
 // r.CVMs; without it any overlap gives back what this call claimed and is
 // an OverlapError.
-func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, error) {
+//
+// It returns the CVMs held by others, by holder, and each one's holder.
+func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, map[string]string, error) {
 	var ids []string
 	for _, c := range r.CVMs {
 		if c.State == Pending {
@@ -279,14 +281,14 @@ func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, error)
 	owner := map[string]string{}
 	for start := 0; start < len(ids); start += claimChunk {
 		part := ids[start:min(start+claimChunk, len(ids))]
-		args := make([]any, 0, 3+len(part))
-		args = append(args, r.ID, Family(r.ID), mode)
+		args := make([]any, 0, 4+len(part))
+		args = append(args, r.ID, Family(r.ID), mode, newToken())
 		for _, id := range part {
 			args = append(args, id)
 		}
 		res, err := claimScript.Run(ctx, s.rdb, []string{OwnersKey, ActiveKey}, args...).StringSlice()
 		if err != nil {
-			return nil, fmt.Errorf("claiming CVMs: %w", err)
+			return nil, nil, fmt.Errorf("claiming CVMs: %w", err)
 		}
 		for i := 0; i+1 < len(res); i += 2 {
 			owner[res[i]] = res[i+1]
@@ -301,9 +303,9 @@ func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, error)
 	}
 	if len(owner) > 0 && mode == "strict" {
 		if err := s.ReleaseClaims(context.WithoutCancel(ctx), r.ID, ids); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, &OverlapError{ID: r.ID, Owners: byOwner, Overlap: len(owner)}
+		return nil, nil, &OverlapError{ID: r.ID, Owners: byOwner, Overlap: len(owner)}
 	}
 	for i := range r.CVMs {
 		if o, ok := owner[r.CVMs[i].ID]; ok {
@@ -311,24 +313,25 @@ func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, error)
 		}
 	}
 	if len(byOwner) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
-	return byOwner, nil
+	return byOwner, owner, nil
 }
 
 // claimChunk bounds one claim script's work (a script blocks Redis).
 const claimChunk = 20000
 
-// Claim claims CVMs for an existing rollout (retry --failed: what it
-// retries may belong to another rollout since it ended). Any overlap is an
-// OverlapError and claims nothing.
-func (s *Store) Claim(ctx context.Context, id string, cvms []string) error {
+// ClaimFree claims for an existing rollout the CVMs of cvms no other
+// active rollout holds (retry --failed: what it retries may belong to
+// another rollout since it ended), and returns the others with their
+// holders.
+func (s *Store) ClaimFree(ctx context.Context, id string, cvms []string) (map[string]string, error) {
 	cs := make([]NewCVM, len(cvms))
 	for i, c := range cvms {
 		cs[i] = NewCVM{ID: c, State: Pending}
 	}
-	_, err := s.claim(ctx, NewRollout{ID: id, CVMs: cs})
-	return err
+	_, taken, err := s.claim(ctx, NewRollout{ID: id, CVMs: cs, AllowOverlap: true})
+	return taken, err
 }
 
 // ReleaseClaims gives back the claims rollout id holds on cvms.
@@ -355,7 +358,7 @@ func (s *Store) Owner(ctx context.Context, cvm string) (string, error) {
 	} else if err != nil {
 		return "", err
 	}
-	if ok, err := s.rdb.SIsMember(ctx, ActiveKey, o).Result(); err != nil || !ok {
+	if ok, err := s.rdb.HExists(ctx, ActiveKey, o).Result(); err != nil || !ok {
 		return "", err
 	}
 	return o, nil

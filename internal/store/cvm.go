@@ -94,7 +94,7 @@ func (s *Store) Record(ctx context.Context, id, cvm string) (CVMRecord, error) {
 }
 
 func parseRecord(id string, m map[string]string) CVMRecord {
-	return CVMRecord{CVMID: id, Name: m["name"], State: CVMState(m["state"]), Reason: m["reason"], Worker: m["worker"], Patched: m["patched"] == "1",
+	return CVMRecord{CVMID: id, Name: m["name"], State: CVMState(m["state"]), Reason: m["reason"], Worker: m["worker"], Patched: m["patched"] == "1", PatchSent: m["patch_sent"] == "1",
 		Stage: atoi(m["stage"]), Attempts: atoi(m["attempts"]), Gen: atoi(m["gen"]), HTTPStatus: atoi(m["http_status"]),
 		PrevKMS: parseList(m["prev_kms"]), PrevGW: parseList(m["prev_gw"]),
 		AppliedKMS: parseList(m["applied_kms"]), AppliedGW: parseList(m["applied_gw"]),

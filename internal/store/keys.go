@@ -86,8 +86,10 @@ const fleet = prefix + "{fleet}:"
 // IndexKey is a sorted set of every rollout id by creation time.
 const IndexKey = fleet + "index"
 
-// ActiveKey is the set of rollouts that are not finished, or that hold CVM
-// claims: what the controller drives, and what makes a claim valid.
+// ActiveKey is a hash of the rollouts that are not finished, or that hold
+// CVM claims: what the controller drives, and what makes a claim valid. Each
+// maps to the token of its latest activation, so Settle takes a rollout
+// out only if nothing activated it again since it looked (settleScript).
 const ActiveKey = fleet + "active"
 
 // RepeatingKey is the set of rollouts with schedule.repeat still to run.

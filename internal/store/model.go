@@ -128,6 +128,7 @@ type CVMRecord struct {
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	Worker     string    `json:"worker,omitempty"`
 	Patched    bool      `json:"patched"` // a PATCH was answered 200 at least once
+	PatchSent  bool      `json:"-"`       // a PATCH went out (its answer may be lost)
 	Gen        int       `json:"-"`       // task generation (retry --failed)
 }
 

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // The rollout state machine (docs/state_machine.md draws it). Each
@@ -129,7 +131,7 @@ func (s *Store) Resume(ctx context.Context, id, by string, maxFailed int, now ti
 		m.Set = map[string]string{"budget_max_failed": strconv.Itoa(maxFailed)}
 		what += fmt.Sprintf(", failure budget raised to max_failed %d", maxFailed)
 	}
-	if err := s.rdb.SAdd(ctx, ActiveKey, id).Err(); err != nil {
+	if err := s.activate(ctx, id); err != nil {
 		return "", err
 	}
 	return s.state(ctx, id, now, by, what, m)
@@ -243,7 +245,7 @@ func (s *Store) Advance(ctx context.Context, id string, from int, name string, n
 // then queues the CVMs (and the controller does, if the caller dies:
 // Requeue).
 func (s *Store) Retry(ctx context.Context, id, by string, cvms []string, now time.Time) (gen, reset int, err error) {
-	if err := s.rdb.SAdd(ctx, ActiveKey, id).Err(); err != nil {
+	if err := s.activate(ctx, id); err != nil {
 		return 0, 0, err
 	}
 	m := mv("retry")
@@ -306,33 +308,60 @@ func (s *Store) state(ctx context.Context, id string, now time.Time, by, what st
 	return st, err
 }
 
+// activate puts id in the active set under a fresh token, before a move
+// that may need driving (see ActiveKey).
+func (s *Store) activate(ctx context.Context, id string) error {
+	return s.rdb.HSet(ctx, ActiveKey, id, newToken()).Err()
+}
+
 // Settle takes a rollout out of the controller's hands once it needs no
-// more driving (completed, or cancelled with no CVM left in flight): its
-// CVM claims go back, then it leaves the active set. Until then (or if
-// it is not finished), it does nothing and reports false.
+// more driving (completed, or cancelled with no CVM left in flight), or
+// once it is known never to be recorded (an apply that died before ready,
+// its creation lease gone): its CVM claims go back and it leaves the
+// active set, in one script, and only if nothing activated it since Settle
+// read its activation token before judging its state (a retry, resume or
+// re-apply at that moment keeps it, and its claims, in). Otherwise, or if
+// it is not finished, it does nothing and reports false.
 func (s *Store) Settle(ctx context.Context, id string) (bool, error) {
+	token, err := s.rdb.HGet(ctx, ActiveKey, id).Result()
+	if err == redis.Nil {
+		return true, nil // settled already
+	} else if err != nil {
+		return false, err
+	}
 	r, err := s.Get(ctx, id)
+	var ids []string
 	switch {
 	case err == nil:
+		if !(r.State == RolloutCompleted || r.State == RolloutCancelled && r.Counts[Pending]+r.Counts[Running] == 0) {
+			return false, nil
+		}
+		if ids, err = s.CVMIDs(ctx, id); err != nil {
+			return false, err
+		}
 	case errors.Is(err, ErrNotFound):
-		// Not recorded: an apply that died before ready, unless one is
-		// recording it now.
 		if held, err := s.Creating(ctx, id); err != nil || held {
 			return false, err
 		}
-		return true, s.rdb.SRem(ctx, ActiveKey, id).Err()
+		// Its claims are stale once it is out of the set; the owners
+		// hash forgets them when a claim of another rollout lands.
 	default:
 		return false, err
 	}
-	if !(r.State == RolloutCompleted || r.State == RolloutCancelled && r.Counts[Pending]+r.Counts[Running] == 0) {
-		return false, nil
+	for start := 0; ; start += claimChunk {
+		part := ids[min(start, len(ids)):min(start+claimChunk, len(ids))]
+		last := start+claimChunk >= len(ids)
+		args := make([]any, 0, 3+len(part))
+		args = append(args, id, token, btoi(last))
+		for _, c := range part {
+			args = append(args, c)
+		}
+		ok, err := settleScript.Run(ctx, s.rdb, []string{OwnersKey, ActiveKey}, args...).Int()
+		if err != nil || ok == 0 {
+			return false, err
+		}
+		if last {
+			return true, nil
+		}
 	}
-	ids, err := s.CVMIDs(ctx, id)
-	if err != nil {
-		return false, err
-	}
-	if err := s.ReleaseClaims(ctx, id, ids); err != nil {
-		return false, err
-	}
-	return true, s.rdb.SRem(ctx, ActiveKey, id).Err()
 }

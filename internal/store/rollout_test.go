@@ -13,6 +13,7 @@ import (
 
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestFamily(t *testing.T) {
@@ -188,4 +189,67 @@ func TestStateMachineDoc(t *testing.T) {
 		return
 	}
 	t.Fatalf("docs/state_machine.md's table differs from store.Moves; run go test ./internal/store -run TestStateMachineDoc -update\nwant:\n%s", want)
+}
+
+// TestSettleRacesReapply: the controller settling what a dead apply left
+// (in the active set, no record, no lease) while the operator re-runs the
+// apply leaves the re-run's rollout driven and its CVMs claimed.
+func TestSettleRacesReapply(t *testing.T) {
+	rdb, url := testutil.Redis(t)
+	st := store.New(rdb)
+	ctx := context.Background()
+	nr := store.NewRollout{ID: "a-0000aaaa", Name: "a", Spec: `{}`, State: store.RolloutRunning, Stages: []store.NewStage{{Name: "all"}},
+		CVMs: []store.NewCVM{{ID: "cvm_1", State: store.Pending}}}
+	rdb.HSet(ctx, store.ActiveKey, nr.ID, "dead")
+	rdb.HSet(ctx, store.OwnersKey, "cvm_1", nr.ID)
+	opt, _ := redis.ParseURL(url)
+	hooked := redis.NewClient(opt)
+	defer hooked.Close()
+	hooked.AddHook(&testutil.Before{
+		Match: func(c redis.Cmder) bool { return c.Name() == "evalsha" || c.Name() == "eval" },
+		Fn: func() {
+			if _, err := st.Create(ctx, nr, time.Now()); err != nil {
+				t.Error(err)
+			}
+		},
+	})
+	if _, err := store.New(hooked).Settle(ctx, nr.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := rdb.HExists(ctx, store.ActiveKey, nr.ID).Result(); !ok {
+		t.Fatal("the re-applied rollout is out of the active set: nothing drives it")
+	}
+	other := store.NewRollout{ID: "b-0000bbbb", Name: "b", Spec: `{}`, State: store.RolloutRunning, Stages: []store.NewStage{{Name: "all"}},
+		CVMs: []store.NewCVM{{ID: "cvm_1", State: store.Pending}}}
+	var oe *store.OverlapError
+	if _, err := st.Create(ctx, other, time.Now()); !errors.As(err, &oe) {
+		t.Fatalf("another rollout over the re-applied one's CVM: %v, want an OverlapError", err)
+	}
+}
+
+// TestCancelAfterADiedPatch: a CVM whose try died after sending its PATCH,
+// in a rollout cancelled since, is not recorded as never started: its
+// record says the PATCH may have landed (and keeps patch_sent, so a
+// rollback plans it).
+func TestCancelAfterADiedPatch(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	if _, err := st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.MarkPatching(ctx, id, "cvm_a", []string{"https://old"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The worker dies; the operator cancels; the task comes back.
+	if _, _, err := st.Cancel(ctx, id, "op", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now())
+	if err != nil || tr.To != store.Cancelled {
+		t.Fatal(tr, err)
+	}
+	rec, _ := st.Record(ctx, id, "cvm_a")
+	if !strings.Contains(rec.Reason, "may have landed") || !rec.PatchSent {
+		t.Fatalf("record %+v", rec)
+	}
 }

@@ -103,7 +103,12 @@ if mode == 'requeue' or (mode == 'finish' and old == 'running') or (mode == 'beg
 end
 local attempts = redis.call('HGET', KEYS[2], 'attempts') or '0'
 if new == 'cancelled' and mode == 'begin' then
-  redis.call('HSET', KEYS[2], 'reason', 'rollout cancelled before this CVM started', 'finished_at', ARGV[3])
+  local why = 'rollout cancelled before this CVM started'
+  if old == 'running' then
+    why = 'rollout cancelled after a try of this CVM died'
+    if redis.call('HGET', KEYS[2], 'patch_sent') == '1' then why = why .. ' (its PATCH was sent and may have landed)' end
+  end
+  redis.call('HSET', KEYS[2], 'reason', why, 'finished_at', ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
 if new == 'failed' then
@@ -276,8 +281,9 @@ return 1
 // A claim of a rollout that is not in the active set is stale and taken;
 // so is one of the caller's own family (runs and rollbacks take over).
 //
-// KEYS[1] owners hash, KEYS[2] active set. ARGV[1] id, ARGV[2] root,
-// ARGV[3] mode, ARGV[4..] CVM ids. Returns {cvm, owner, ...} conflicts.
+// KEYS[1] owners hash, KEYS[2] active hash. ARGV[1] id, ARGV[2] root,
+// ARGV[3] mode, ARGV[4] a fresh activation token, ARGV[5..] CVM ids.
+// Returns {cvm, owner, ...} conflicts.
 var claimScript = redis.NewScript(`
 local function root(id)
   id = string.gsub(id, '%-rollback%d*$', '')
@@ -289,14 +295,14 @@ end
 -- calls per thousand CVMs, not three per CVM.
 local batch = 500
 local conflicts, free, live = {}, {}, {}
-for start = 4, #ARGV, batch do
+for start = 5, #ARGV, batch do
   local ids = {}
   for i = start, math.min(start + batch - 1, #ARGV) do ids[#ids + 1] = ARGV[i] end
   local owners = redis.call('HMGET', KEYS[1], unpack(ids))
   for k, c in ipairs(ids) do
     local o = owners[k]
     if o and o ~= ARGV[1] and live[o] == nil then
-      live[o] = root(o) ~= ARGV[2] and redis.call('SISMEMBER', KEYS[2], o) == 1
+      live[o] = root(o) ~= ARGV[2] and redis.call('HEXISTS', KEYS[2], o) == 1
     end
     if o and o ~= ARGV[1] and live[o] then
       conflicts[#conflicts + 1] = c
@@ -307,7 +313,7 @@ for start = 4, #ARGV, batch do
   end
 end
 if #conflicts > 0 and ARGV[3] == 'strict' then return conflicts end
-redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 for start = 1, #free, batch do
   local kv = {}
   for i = start, math.min(start + batch - 1, #free) do
@@ -317,6 +323,29 @@ for start = 1, #free, batch do
   redis.call('HSET', KEYS[1], unpack(kv))
 end
 return conflicts
+`)
+
+// settleScript takes a finished rollout out of the active hash and gives
+// its claims on the CVMs named back, only if its activation token is still
+// the one Settle read (nothing activated it since). Called per chunk of
+// CVMs; ARGV[3] = 1 on the last, which also removes it from the hash.
+// KEYS[1] owners hash, KEYS[2] active hash. ARGV[1] id, ARGV[2] token,
+// ARGV[3] last, ARGV[4..] CVM ids. Returns 1 done, 0 activated again.
+var settleScript = redis.NewScript(`
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+local batch = 500
+for start = 4, #ARGV, batch do
+  local ids = {}
+  for i = start, math.min(start + batch - 1, #ARGV) do ids[#ids + 1] = ARGV[i] end
+  local owners = redis.call('HMGET', KEYS[1], unpack(ids))
+  local mine = {}
+  for k, c in ipairs(ids) do
+    if owners[k] == ARGV[1] then mine[#mine + 1] = c end
+  end
+  if #mine > 0 then redis.call('HDEL', KEYS[1], unpack(mine)) end
+end
+if ARGV[3] == '1' then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 1
 `)
 
 // releaseClaimsScript drops the claims a rollout holds on the given CVMs

@@ -135,7 +135,7 @@ func (s *Store) List(ctx context.Context) ([]*Rollout, error) {
 // finished, and any that still holds claims (a superset: the controller
 // settles the rest, see Settle).
 func (s *Store) Active(ctx context.Context) ([]string, error) {
-	ids, err := s.rdb.SMembers(ctx, ActiveKey).Result()
+	ids, err := s.rdb.HKeys(ctx, ActiveKey).Result()
 	sort.Strings(ids)
 	return ids, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -62,4 +63,54 @@ func (b *Bundle) CrashingClient(t testing.TB, after int) (*redis.Client, *Crash)
 	rdb.AddHook(c)
 	t.Cleanup(func() { rdb.Close() })
 	return rdb, c
+}
+
+// Before is a go-redis hook that runs Fn once, just before the first
+// command Match accepts: a way to land another operation in a window
+// between two commands of the one under test.
+type Before struct {
+	Match func(redis.Cmder) bool
+	Fn    func()
+	once  sync.Once
+}
+
+func (h *Before) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *Before) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.Match(cmd) {
+			h.once.Do(h.Fn)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *Before) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if h.Match(c) {
+				h.once.Do(h.Fn)
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// HookedClient is a second client on the bundle's Redis with hook added.
+func (b *Bundle) HookedClient(t testing.TB, hook redis.Hook) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(b.RDB.(*redis.Client).Options())
+	rdb.AddHook(hook)
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// Names reports whether cmd names key among its arguments.
+func Names(cmd redis.Cmder, key string) bool {
+	for _, a := range cmd.Args() {
+		if s, ok := a.(string); ok && s == key {
+			return true
+		}
+	}
+	return false
 }
