@@ -69,6 +69,14 @@ func TestKilledWorkerFreesItsSlots(t *testing.T) {
 	// the dead worker's line.
 	want := "CVMs held by dead worker " + aName
 	var sawLine, sawJSON string
+	look := func() { // status, table and JSON, until each has shown the dead worker
+		if sawLine == "" {
+			sawLine = statusLine(t, b, p.ID, want)
+		}
+		if sawJSON == "" {
+			sawJSON = statusDeadJSON(t, b, p.ID, aName)
+		}
+	}
 	var progress time.Duration
 	for progress == 0 {
 		if time.Since(killed) > 3*time.Minute {
@@ -78,12 +86,7 @@ func TestKilledWorkerFreesItsSlots(t *testing.T) {
 			progress = time.Since(killed)
 			break
 		}
-		if sawLine == "" {
-			sawLine = statusLine(t, b, p.ID, want)
-		}
-		if sawJSON == "" {
-			sawJSON = statusDeadJSON(t, b, p.ID, aName)
-		}
+		look()
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("time to progress after the kill: %s (slots leased for 2m)", progress.Round(100*time.Millisecond))
@@ -95,12 +98,7 @@ func TestKilledWorkerFreesItsSlots(t *testing.T) {
 		if r := get(t, b, p.ID); r.State == store.RolloutCompleted || time.Since(killed) > 4*time.Minute {
 			break
 		}
-		if sawLine == "" {
-			sawLine = statusLine(t, b, p.ID, want)
-		}
-		if sawJSON == "" {
-			sawJSON = statusDeadJSON(t, b, p.ID, aName)
-		}
+		look()
 		time.Sleep(200 * time.Millisecond)
 	}
 	if sawLine == "" || sawJSON == "" {
@@ -130,7 +128,7 @@ func TestKilledWorkerFreesItsSlots(t *testing.T) {
 func doneCount(r *store.Rollout) int {
 	n := 0
 	for st, c := range r.Counts {
-		if store.Terminal(st) {
+		if st.Terminal() {
 			n += c
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -209,28 +210,6 @@ func TestEmptyAndNothingToDo(t *testing.T) {
 	}
 }
 
-// hookFirstWrite runs fn once, just before the first command of a client
-// that may write (a script, or HINCRBY): the moment between an
-// operation's checks and its writes.
-type hookFirstWrite struct {
-	fn   func()
-	once sync.Once
-}
-
-func (h *hookFirstWrite) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *hookFirstWrite) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		switch cmd.Name() {
-		case "evalsha", "eval", "hincrby":
-			h.once.Do(h.fn)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h *hookFirstWrite) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // TestRetryRacesANewRun: a retry --failed and a new run of the same
 // rollout (an operator re-applying the file, or schedule.repeat) started
 // at the same moment never both go ahead: they would work the same CVMs.
@@ -241,9 +220,11 @@ func TestRetryRacesANewRun(t *testing.T) {
 	id, bad := completedWithOneFailure(t, b, file)
 	var applyOut string
 	var applyErr error
-	hooked := redis.NewClient(b.RDB.(*redis.Client).Options())
-	defer hooked.Close()
-	hooked.AddHook(&hookFirstWrite{fn: func() { applyOut, _, applyErr = run(t, b, "apply", "-f", file, "--yes") }})
+	// Just before the first command that may write (a script, or HINCRBY).
+	hooked := b.HookedClient(t, &testutil.Before{
+		Match: func(c redis.Cmder) bool { return slices.Contains([]string{"evalsha", "eval", "hincrby"}, c.Name()) },
+		Fn:    func() { applyOut, _, applyErr = run(t, b, "apply", "-f", file, "--yes") },
+	})
 	_, retryErr := control.New(hooked).RetryFailed(context.Background(), id, "test", time.Now())
 	_, runErr := b.Store.Get(context.Background(), id+"-run2")
 	if retryErr == nil && runErr == nil {

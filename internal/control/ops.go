@@ -22,7 +22,7 @@ type Changed struct {
 // flight finish). Pausing a paused rollout is not an error.
 func (c *Control) Pause(ctx context.Context, id, who, reason string, now time.Time) (Changed, error) {
 	from, err := c.Store.Pause(ctx, id, who, reason, now)
-	return settled(id, from, store.RolloutPaused, err)
+	return asChanged(id, from, store.RolloutPaused, err)
 }
 
 // Resume continues a paused rollout; maxFailed >= 0 raises its failure
@@ -30,7 +30,7 @@ func (c *Control) Pause(ctx context.Context, id, who, reason string, now time.Ti
 // rollout is not an error.
 func (c *Control) Resume(ctx context.Context, id, who string, maxFailed int, now time.Time) (Changed, error) {
 	from, err := c.Store.Resume(ctx, id, who, maxFailed, now)
-	return settled(id, from, store.RolloutRunning, err)
+	return asChanged(id, from, store.RolloutRunning, err)
 }
 
 // Cancel ends a rollout (CVMs not started become cancelled) and stops its
@@ -38,7 +38,7 @@ func (c *Control) Resume(ctx context.Context, id, who string, maxFailed int, now
 // it does.
 func (c *Control) Cancel(ctx context.Context, id, who, reason string, now time.Time) (Changed, error) {
 	from, stopped, err := c.Store.Cancel(ctx, id, who, reason, now)
-	ch, err := settled(id, from, store.RolloutCancelled, err)
+	ch, err := asChanged(id, from, store.RolloutCancelled, err)
 	if err == nil && from == store.RolloutCompleted {
 		ch.To = from // only the repeats stopped
 	}
@@ -46,9 +46,9 @@ func (c *Control) Cancel(ctx context.Context, id, who, reason string, now time.T
 	return ch, err
 }
 
-// settled turns a refusal to move to a state the rollout is in already
+// asChanged turns a refusal to move to a state the rollout is in already
 // into "nothing to do".
-func settled(id string, from, to store.RolloutState, err error) (Changed, error) {
+func asChanged(id string, from, to store.RolloutState, err error) (Changed, error) {
 	var ne *store.NotAllowedError
 	switch {
 	case err == nil:

@@ -100,13 +100,15 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 	// records are taken back below.
 	claimed := make(chan error, 1)
 	if r.AllowOverlap {
-		if out.Overlap, _, err = s.claim(ctx, r); err != nil {
+		owner, err := s.claim(ctx, r)
+		if err != nil {
 			return Created{}, err
 		}
+		out.Overlap = byHolder(owner)
 		claimed <- nil
 	} else {
 		go func() {
-			_, _, err := s.claim(ctx, r)
+			_, err := s.claim(ctx, r)
 			claimed <- err
 		}()
 	}
@@ -266,8 +268,8 @@ func (s *Store) unwrite(ctx context.Context, r NewRollout) error {
 // r.CVMs; without it any overlap gives back what this call claimed and is
 // an OverlapError.
 //
-// It returns the CVMs held by others, by holder, and each one's holder.
-func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, map[string]string, error) {
+// It returns the CVMs held by others, each with its holder.
+func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]string, error) {
 	var ids []string
 	for _, c := range r.CVMs {
 		if c.State == Pending {
@@ -288,7 +290,7 @@ func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, map[st
 		}
 		res, err := claimScript.Run(ctx, s.rdb, []string{OwnersKey, ActiveKey}, args...).StringSlice()
 		if err != nil {
-			return nil, nil, fmt.Errorf("claiming CVMs: %w", err)
+			return nil, fmt.Errorf("claiming CVMs: %w", err)
 		}
 		for i := 0; i+1 < len(res); i += 2 {
 			owner[res[i]] = res[i+1]
@@ -297,25 +299,30 @@ func (s *Store) claim(ctx context.Context, r NewRollout) (map[string]int, map[st
 			break
 		}
 	}
-	byOwner := map[string]int{}
-	for _, o := range owner {
-		byOwner[o]++
-	}
 	if len(owner) > 0 && mode == "strict" {
 		if err := s.ReleaseClaims(context.WithoutCancel(ctx), r.ID, ids); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		return nil, nil, &OverlapError{ID: r.ID, Owners: byOwner, Overlap: len(owner)}
+		return nil, &OverlapError{ID: r.ID, Owners: byHolder(owner), Overlap: len(owner)}
 	}
 	for i := range r.CVMs {
 		if o, ok := owner[r.CVMs[i].ID]; ok {
 			r.CVMs[i].State, r.CVMs[i].Reason, r.CVMs[i].Stage = Skipped, "in active rollout "+o+" (apply --allow-overlap)", -1
 		}
 	}
-	if len(byOwner) == 0 {
-		return nil, nil, nil
+	return owner, nil
+}
+
+// byHolder counts the CVMs of owner (cvm -> holder) by holder; nil for none.
+func byHolder(owner map[string]string) map[string]int {
+	if len(owner) == 0 {
+		return nil
 	}
-	return byOwner, owner, nil
+	n := map[string]int{}
+	for _, o := range owner {
+		n[o]++
+	}
+	return n
 }
 
 // claimChunk bounds one claim script's work (a script blocks Redis).
@@ -330,24 +337,32 @@ func (s *Store) ClaimFree(ctx context.Context, id string, cvms []string) (map[st
 	for i, c := range cvms {
 		cs[i] = NewCVM{ID: c, State: Pending}
 	}
-	_, taken, err := s.claim(ctx, NewRollout{ID: id, CVMs: cs, AllowOverlap: true})
-	return taken, err
+	return s.claim(ctx, NewRollout{ID: id, CVMs: cs, AllowOverlap: true})
 }
 
 // ReleaseClaims gives back the claims rollout id holds on cvms.
 func (s *Store) ReleaseClaims(ctx context.Context, id string, cvms []string) error {
-	for start := 0; start < len(cvms); start += claimChunk {
-		part := cvms[start:min(start+claimChunk, len(cvms))]
-		args := make([]any, 0, 1+len(part))
-		args = append(args, id)
+	_, err := s.release(ctx, id, "", cvms, false)
+	return err
+}
+
+// release runs releaseClaimsScript over cvms in chunks of claimChunk; leave takes
+// id out of the active hash with the last chunk. It reports false when a
+// token was given and id was activated again since (nothing more released).
+func (s *Store) release(ctx context.Context, id, token string, cvms []string, leave bool) (bool, error) {
+	for start := 0; ; start += claimChunk {
+		part := cvms[min(start, len(cvms)):min(start+claimChunk, len(cvms))]
+		last := start+claimChunk >= len(cvms)
+		args := make([]any, 0, 3+len(part))
+		args = append(args, id, token, btoi(leave && last))
 		for _, c := range part {
 			args = append(args, c)
 		}
-		if err := releaseClaimsScript.Run(ctx, s.rdb, []string{OwnersKey}, args...).Err(); err != nil {
-			return err
+		ok, err := releaseClaimsScript.Run(ctx, s.rdb, []string{OwnersKey, ActiveKey}, args...).Int()
+		if err != nil || ok == 0 || last {
+			return ok == 1, err
 		}
 	}
-	return nil
 }
 
 // Owner is the active rollout that holds a CVM, or "".

@@ -89,7 +89,7 @@ const IndexKey = fleet + "index"
 // ActiveKey is a hash of the rollouts that are not finished, or that hold
 // CVM claims: what the controller drives, and what makes a claim valid. Each
 // maps to the token of its latest activation, so Settle takes a rollout
-// out only if nothing activated it again since it looked (settleScript).
+// out only if nothing activated it again since it looked (releaseClaimsScript).
 const ActiveKey = fleet + "active"
 
 // RepeatingKey is the set of rollouts with schedule.repeat still to run.

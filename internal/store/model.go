@@ -26,9 +26,6 @@ var CVMStates = []CVMState{Pending, Running, Succeeded, Unchanged, Skipped, Fail
 // Terminal reports whether a CVM state is final.
 func (s CVMState) Terminal() bool { return s != Pending && s != Running && s != "" }
 
-// Terminal reports whether a CVM state is final.
-func Terminal(s CVMState) bool { return s.Terminal() }
-
 // RolloutState is a rollout's state (docs/state_machine.md).
 type RolloutState string
 

@@ -143,21 +143,21 @@ func (s *Store) Resume(ctx context.Context, id, by string, maxFailed int, now ti
 // stopped says whether repeats were stopped.
 func (s *Store) Cancel(ctx context.Context, id, by, reason string, now time.Time) (before RolloutState, stopped bool, err error) {
 	why, what := operatorWords("cancel", "cancelled", by, reason)
-	r, err := s.Get(ctx, id)
-	if err != nil {
-		return "", false, err
-	}
 	m := mv("cancel")
 	m.Reason, m.Set = str(why), map[string]string{"repeat": "0"}
 	before, err = s.state(ctx, id, now, by, what, m)
-	stopped = err == nil && r.Repeat
-	if ne := (*NotAllowedError)(nil); errors.As(err, &ne) && ne.State == RolloutCompleted && r.Repeat {
-		stopped, err = s.StopRepeats(ctx, id, by, "repeats stopped by cancel", now)
+	if ne := (*NotAllowedError)(nil); errors.As(err, &ne) && ne.State == RolloutCompleted {
+		// Completed: stopping its repeats is all a cancel does, if it has any.
+		if stopped, serr := s.StopRepeats(ctx, id, by, "repeats stopped by cancel", now); serr != nil || stopped {
+			return before, stopped, serr
+		}
+		return before, false, err
 	}
-	if err == nil {
-		err = s.rdb.SRem(ctx, RepeatingKey, id).Err()
+	if err != nil {
+		return before, false, err
 	}
-	return before, stopped, err
+	n, err := s.rdb.SRem(ctx, RepeatingKey, id).Result() // the set is a superset of what repeats
+	return before, n > 0, err
 }
 
 // StopRepeats ends a rollout's schedule.repeat (a cancel of its completed
@@ -285,10 +285,10 @@ func (s *Store) SetReason(ctx context.Context, id string, state RolloutState, wh
 // that time (the bake counts from it, whatever restarts).
 func (s *Store) StageDone(ctx context.Context, id string, stage int, now time.Time) (time.Time, error) {
 	f := stageField(stage, "done_at")
-	if err := s.rdb.HSetNX(ctx, RolloutKey(id), f, now.UTC().Format(time.RFC3339Nano)).Err(); err != nil {
-		return time.Time{}, err
+	if set, err := s.rdb.HSetNX(ctx, RolloutKey(id), f, now.UTC().Format(time.RFC3339Nano)).Result(); err != nil || set {
+		return now, err
 	}
-	v, err := s.rdb.HGet(ctx, RolloutKey(id), f).Result()
+	v, err := s.rdb.HGet(ctx, RolloutKey(id), f).Result() // another controller was first
 	return parseTime(v), err
 }
 
@@ -348,20 +348,5 @@ func (s *Store) Settle(ctx context.Context, id string) (bool, error) {
 	default:
 		return false, err
 	}
-	for start := 0; ; start += claimChunk {
-		part := ids[min(start, len(ids)):min(start+claimChunk, len(ids))]
-		last := start+claimChunk >= len(ids)
-		args := make([]any, 0, 3+len(part))
-		args = append(args, id, token, btoi(last))
-		for _, c := range part {
-			args = append(args, c)
-		}
-		ok, err := settleScript.Run(ctx, s.rdb, []string{OwnersKey, ActiveKey}, args...).Int()
-		if err != nil || ok == 0 {
-			return false, err
-		}
-		if last {
-			return true, nil
-		}
-	}
+	return s.release(ctx, id, token, ids, true)
 }

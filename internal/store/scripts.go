@@ -325,14 +325,15 @@ end
 return conflicts
 `)
 
-// settleScript takes a finished rollout out of the active hash and gives
-// its claims on the CVMs named back, only if its activation token is still
-// the one Settle read (nothing activated it since). Called per chunk of
-// CVMs; ARGV[3] = 1 on the last, which also removes it from the hash.
-// KEYS[1] owners hash, KEYS[2] active hash. ARGV[1] id, ARGV[2] token,
-// ARGV[3] last, ARGV[4..] CVM ids. Returns 1 done, 0 activated again.
-var settleScript = redis.NewScript(`
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+// releaseClaimsScript gives back the claims a rollout holds on the CVMs named
+// (not those another rollout has taken since). With a token (Settle), only
+// if the rollout's activation token is still that one (nothing activated
+// it since), and ARGV[3] = 1, on the last chunk, also takes it out of the
+// active hash; without one (an apply refused part-way), unconditionally.
+// KEYS[1] owners hash, KEYS[2] active hash. ARGV[1] id, ARGV[2] token or
+// "", ARGV[3] leave, ARGV[4..] CVM ids. Returns 1 done, 0 activated again.
+var releaseClaimsScript = redis.NewScript(`
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 local batch = 500
 for start = 4, #ARGV, batch do
   local ids = {}
@@ -346,20 +347,6 @@ for start = 4, #ARGV, batch do
 end
 if ARGV[3] == '1' then redis.call('HDEL', KEYS[2], ARGV[1]) end
 return 1
-`)
-
-// releaseClaimsScript drops the claims a rollout holds on the given CVMs
-// (not those another rollout has taken since). KEYS[1] owners hash.
-// ARGV[1] id, ARGV[2..] CVM ids.
-var releaseClaimsScript = redis.NewScript(`
-local n = 0
-for i = 2, #ARGV do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    n = n + 1
-  end
-end
-return n
 `)
 
 // prepatchScript runs just before a PATCH, in one round trip: it refuses

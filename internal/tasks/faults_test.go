@@ -59,7 +59,7 @@ func TestFaultTolerance(t *testing.T) {
 				r := b.WaitState(t, p.ID, 2*time.Hour, store.RolloutCompleted)
 				stats := b.Sim.Stats()
 				for id, rec := range b.Records(t, p.ID) {
-					if !store.Terminal(rec.State) {
+					if !rec.State.Terminal() {
 						t.Errorf("%s ended %s", id, rec.State)
 					}
 					if n := stats.PatchesPerCVM[id]; n > 8 {

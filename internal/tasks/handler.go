@@ -93,7 +93,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	switch {
 	case err != nil:
 		return err
-	case tr.From == "" || store.Terminal(tr.To):
+	case tr.From == "" || tr.To.Terminal():
 		return nil // no record, already finished, or cancelled just now
 	case tr.To != store.Running || tr.RolloutState != store.RolloutRunning:
 		return h.snooze(p, h.recheck(), "rollout "+string(tr.RolloutState))

@@ -87,7 +87,7 @@ func TestRetriesEndTerminal(t *testing.T) {
 			}
 		}
 		err := b.Store.Records(context.Background(), p.ID, func(rec store.CVMRecord) error {
-			if !store.Terminal(rec.State) {
+			if !rec.State.Terminal() {
 				t.Errorf("%s ended %s", rec.CVMID, rec.State)
 			}
 			if rec.State == store.Succeeded {

@@ -3,7 +3,6 @@ package testutil
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,9 +27,7 @@ func (c *Crash) Crashed() bool { return c.n.Load() > c.After }
 
 func (c *Crash) pass() bool { return c.n.Add(1) <= c.After }
 
-func (c *Crash) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) { return next(ctx, network, addr) }
-}
+func (c *Crash) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (c *Crash) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
