@@ -61,9 +61,10 @@ func (p *paced) take(ctx context.Context) error {
 	return nil
 }
 
+// feedback tells the adaptive rate the answer's class (ratelimit.ClassOf:
+// 429, 503 with Retry-After, other 5xx, timeout, ok).
 func (p *paced) feedback(ctx context.Context, err error) {
-	st := api.StatusOf(err)
-	_ = p.ctxp.L.Feedback(context.WithoutCancel(ctx), p.rollout, p.lim, st == 429 || st == 503)
+	_ = p.ctxp.L.Observe(context.WithoutCancel(ctx), p.rollout, p.lim, ratelimit.ClassOf(err))
 }
 
 func (p *paced) GetCVM(ctx context.Context, id string) (*api.CVM, error) {
