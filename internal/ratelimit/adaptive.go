@@ -33,7 +33,7 @@ import (
 //   - On a 429 or a 503 with Retry-After the API has told its capacity:
 //     what it accepted in the window (answers other than those, per
 //     second). The rate goes to Backoff (95%) of that, never up, and at
-//     most halved (MaxCut) in one window: 80→20 req/s takes two windows,
+//     most halved (MaxCut) in one window, from what was sent in it: 80→20 req/s takes two windows,
 //     and a rate a little above the limit comes down a little, not by a
 //     fixed factor. Windows still full of requests sent at the old rate
 //     (a queue of workers waiting for tokens) then change it no more,
@@ -41,8 +41,12 @@ import (
 //   - On a surge of 5xx/timeouts the API says nothing of its capacity:
 //     the rate is cut by the surge (the share above the baseline), at
 //     most halved, at least by 10% (MinCut).
-//   - On any cut, the rate it came down from, times Threshold (0.9), is
-//     remembered (TCP's ssthresh).
+//   - On any cut, the rate it came down from (what was sent), times
+//     Threshold (0.9), is remembered (TCP's ssthresh); after a 429 or busy
+//     503, no more than what the API accepted.
+//   - With no known rate (a planner told no rate.per_second) the ceiling
+//     is infinite: nothing is paced until the first overload, which cuts
+//     to what the API accepted.
 //   - A window with answers and no overload raises the rate: by FastStep
 //     (10%) while below ssthresh (slow start back to where it hurt), then
 //     by SlowStep (2%), doubled every ProbeEvery (5) clean windows in a row
@@ -145,19 +149,25 @@ func Next(s store.PaceRecord, c store.PaceCounts, started, now time.Time, ceilin
 	}
 	answered := c.OK + c.Errors + c.Timeouts
 	bad := c.Errors + c.Timeouts
+	// The rate a cut starts from: what was sent, if less than the rate
+	// (fewer requests to send, or no rate yet: an unknown limit).
+	sec := math.Max(now.Sub(started).Seconds(), Window.Seconds())
+	from := math.Min(s.Rate, float64(all)/sec)
 	cut := s.Rate // the rate after a cut
+	ssthresh := from * Threshold
 	var why string
 	switch {
 	case c.Throttled+c.Busy > 0:
-		accepted := float64(answered) / math.Max(now.Sub(started).Seconds(), Window.Seconds())
-		cut = math.Max(s.Rate*MaxCut, math.Min(s.Rate, Backoff*accepted))
+		accepted := float64(answered) / sec
+		cut = math.Max(from*MaxCut, math.Min(s.Rate, Backoff*accepted))
+		ssthresh = math.Min(ssthresh, accepted)
 		why = fmt.Sprintf("429 Too Many Requests: %d of %d answers", c.Throttled, all)
 		if c.Throttled == 0 {
 			why = fmt.Sprintf("503 with Retry-After: %d of %d answers", c.Busy, all)
 		}
 	case bad >= MinErrors && float64(bad)/float64(answered) > s.Baseline+Margin:
 		share := float64(bad)/float64(answered) - s.Baseline
-		cut = s.Rate * math.Min(MinCut, math.Max(MaxCut, 1-share))
+		cut = from * math.Min(MinCut, math.Max(MaxCut, 1-share))
 		why = fmt.Sprintf("5xx/timeouts: %d of %d answers (%.0f%%, baseline %.0f%%)", bad, answered,
 			100*float64(bad)/float64(answered), 100*s.Baseline)
 	}
@@ -166,7 +176,7 @@ func Next(s store.PaceRecord, c store.PaceCounts, started, now time.Time, ceilin
 	}
 	if why != "" {
 		if cut < s.Rate {
-			s.Ssthresh = s.Rate * Threshold
+			s.Ssthresh = ssthresh
 		}
 		s.Rate = math.Max(floor, cut)
 		s.Clean, s.Reason, s.ChangedAt = 0, "cut: "+why, now

@@ -59,9 +59,9 @@ func TestAdaptiveSharedWindow(t *testing.T) {
 		if r := rate(a); r != 100 {
 			t.Fatalf("start %v", r)
 		}
-		// A half of 429s over one window, from two processes: one cut, to
-		// half the rate (the most a window cuts).
-		for i := range 50 {
+		// Half of 100 req/s answered 429 over one window, from two
+		// processes: one cut, to about what the API accepted.
+		for i := range 100 {
 			l, cl := a, ratelimit.OK
 			if i%2 == 1 {
 				l, cl = c, ratelimit.Throttled
@@ -69,18 +69,17 @@ func TestAdaptiveSharedWindow(t *testing.T) {
 			if err := l.Observe(ctx, "r", lim, cl); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(15 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		}
-		time.Sleep(time.Second)
 		a.Observe(ctx, "r", lim, ratelimit.OK) // closes the window
 		c.Observe(ctx, "r", lim, ratelimit.OK)
 		r, why, at, err := a.PaceState(ctx, "r")
-		if err != nil || r != 50 || !strings.HasPrefix(why, "cut: 429 Too Many Requests") || at.IsZero() {
+		if err != nil || r < 40 || r > 55 || !strings.HasPrefix(why, "cut: 429 Too Many Requests") || at.IsZero() {
 			t.Fatalf("after half 429s: rate %v, %q at %v, %v", r, why, at, err)
 		}
 		time.Sleep(ratelimit.RateFresh)
-		if r := rate(c); r != 50 {
-			t.Fatalf("the other process sees %v", r)
+		if r2 := rate(c); r2 != r {
+			t.Fatalf("the other process sees %v, not %v", r2, r)
 		}
 		// Fixed mode ignores answers.
 		fixed := ratelimit.Limits{PerSecond: 50}

@@ -18,8 +18,7 @@ type Pacer struct {
 
 // Limits merges the file's rate section over the worker's defaults.
 func (p *Pacer) Limits(spec *plan.File) ratelimit.Limits {
-	r := spec.Rate
-	lim := ratelimit.Limits{PerSecond: r.RequestsPerSecond(), Burst: r.Burst, MaxInFlight: r.MaxInFlight, Adaptive: r.IsAdaptive()}
+	lim := ratelimit.FileLimits(spec.Rate)
 	if lim.PerSecond == 0 {
 		lim.PerSecond = p.Defaults.RequestsPerSecond()
 	}

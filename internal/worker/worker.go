@@ -153,7 +153,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	go func() {
 		defer close(done)
 		ctl := &control.Controller{Control: control.New(rdb),
-			Owner: cfg.Name, Log: cfg.Log, Reaper: lim}
+			Owner: cfg.Name, Log: cfg.Log, Reaper: lim, PlanPace: lim.PlanPacer}
 		if r, ok := cfg.API.(plan.Reader); ok {
 			ctl.Planner = r
 		}
