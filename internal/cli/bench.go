@@ -136,7 +136,7 @@ func benchDemo(ctx context.Context, e *Env, n int) bench.Row {
 // worker processes over a 30 s window, max_in_flight 20 at 100 ms of API
 // latency, and adaptive mode under an unstated 40 req/s API limit.
 // limitBenches are the measures of the limits stage (--limits), in order.
-var limitBenches = []string{"shared", "inflight", "noise", "unknown", "step"}
+var limitBenches = []string{"shared", "inflight", "noise", "unknown", "step", "plan-known", "plan-unknown", "e2e"}
 
 func benchLimits(ctx context.Context, e *Env, redisURL, workerBin string, only []string) ([]bench.Row, error) {
 	cfg := limitbench.Config{RedisURL: redisURL, WorkerBin: workerBin, Rate: 60, Window: 30 * time.Second, Progress: e.Stderr}
@@ -154,6 +154,10 @@ func benchLimits(ctx context.Context, e *Env, redisURL, workerBin string, only [
 			c := cfg
 			c.Window = 15 * time.Second
 			r, err = limitbench.InFlight(ctx, c, 20, 100*time.Millisecond)
+		case "plan-known", "plan-unknown":
+			r, err = limitbench.PlanPaced(ctx, cfg, 5000, name == "plan-known")
+		case "e2e":
+			r, err = limitbench.EndToEnd(ctx, cfg, 5000)
 		default:
 			r, err = limitbench.Adaptive(ctx, cfg, name)
 		}

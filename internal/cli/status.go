@@ -55,6 +55,7 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 		return writeStatusJSON(ctx, e.Stdout, st, s)
 	}
 	printStatus(e.Stdout, r)
+	printRate(ctx, e.Stdout, st, r)
 	printDeadWorkers(ctx, e.Stdout, st, id)
 	printFailures(e.Stdout, failures)
 	if len(events) > 0 {

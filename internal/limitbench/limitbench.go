@@ -21,7 +21,9 @@ import (
 	"github.com/phalafleet/rollout/internal/api/sim"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/plan"
+	"github.com/phalafleet/rollout/internal/ratelimit"
 	"github.com/phalafleet/rollout/internal/redisconn"
+	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/worker"
 	"github.com/redis/go-redis/v9"
 )
@@ -83,9 +85,121 @@ func (e *env) apply(ctx context.Context, yaml string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return e.record(ctx, p)
+}
+
+// planPaced plans yaml as `apply` does: its reads paced through the
+// rollout's shared limiter (or on their own with no rate in the file).
+func (e *env) planPaced(ctx context.Context, yaml string) (*plan.Plan, error) {
+	f, err := plan.Parse("bench.yaml", []byte(yaml))
+	if err != nil {
+		return nil, err
+	}
+	return plan.BuildWith(ctx, e.client, f, plan.Options{Pace: ratelimit.New(e.rdb).PlanPacer(f.ID(), f)})
+}
+
+func (e *env) record(ctx context.Context, p *plan.Plan) (string, error) {
 	c := control.New(e.rdb)
 	a, err := c.Apply(ctx, p, "bench", time.Now(), control.ApplyOptions{})
 	return a.ID, err
+}
+
+// PlanPaced plans n CVMs against an API limit of 50 req/s (burst 50, 20 ms
+// latency), known to the file or not: known, no 429 and within 10% of
+// (n/100 pages + n reads)/50 s; unknown, at most 5% answered 429.
+func PlanPaced(ctx context.Context, cfg Config, n int, known bool) (Result, error) {
+	const limit = 50.0
+	e, err := setup(ctx, cfg, n, sim.Faults{RateLimit: limit, RateBurst: int(limit), Latency: 20 * time.Millisecond})
+	if err != nil {
+		return Result{}, err
+	}
+	defer e.stop()
+	e.client, err = api.New(api.Config{APIKey: e.key, Prefix: e.prefix}) // a planner's client, which retries reads
+	if err != nil {
+		return Result{}, err
+	}
+	rate, what := "{}", "unknown to the file"
+	if known {
+		rate, what = fmt.Sprintf("{per_second: %g}", limit), "known to the file"
+	}
+	e.logf("plan: %d CVMs, API limit %g req/s %s", n, limit, what)
+	start := time.Now()
+	p, err := e.planPaced(ctx, file("plan", rate))
+	if err != nil {
+		return Result{}, err
+	}
+	took, st := time.Since(start), e.sim.Stats()
+	if p.Counts[plan.Patch] != n {
+		return Result{}, fmt.Errorf("plan: %v, want %d to patch", p.Counts, n)
+	}
+	ideal := time.Duration(float64(st.Requests-st.Throttled) / limit * float64(time.Second))
+	share := float64(st.Throttled) / float64(st.Requests)
+	r := Result{Name: fmt.Sprintf("plan %d CVMs, API limit %g req/s %s", n, limit, what),
+		Ours: fmt.Sprintf("%.1f s (%.2fx of %d requests/%g), %d answered 429 (%.1f%%)", took.Seconds(), took.Seconds()/ideal.Seconds(),
+			st.Requests-st.Throttled, limit, st.Throttled, 100*share)}
+	if known {
+		r.Target, r.Pass = "no 429, within 10% of requests/limit", st.Throttled == 0 && took <= ideal*11/10
+	} else {
+		r.Target, r.Pass = "<= 5% answered 429", share <= 0.05
+	}
+	return r, nil
+}
+
+// EndToEnd plans and rolls out n CVMs with 3 worker processes (50 tasks
+// each) against an API limit of 50 req/s known to the file, and reports
+// the time from the plan's start to the rollout's end as a ratio of the
+// physical limit: every request made (plan reads, then the workers' GET
+// and PATCH per CVM) at 50 req/s.
+func EndToEnd(ctx context.Context, cfg Config, n int) (Result, error) {
+	const limit = 50.0
+	e, err := setup(ctx, cfg, n, sim.Faults{RateLimit: limit, RateBurst: int(limit), Latency: 20 * time.Millisecond})
+	if err != nil {
+		return Result{}, err
+	}
+	defer e.stop()
+	e.client, err = api.New(api.Config{APIKey: e.key, Prefix: e.prefix})
+	if err != nil {
+		return Result{}, err
+	}
+	stopWorkers, err := e.workers(ctx, 3, 50)
+	if err != nil {
+		return Result{}, err
+	}
+	defer stopWorkers()
+	time.Sleep(time.Second) // the workers' start (a key check each)
+	s0 := e.sim.Stats()
+	e.logf("end to end: %d CVMs, API limit %g req/s known to the file, 3 worker processes", n, limit)
+	start := time.Now()
+	p, err := e.planPaced(ctx, file("e2e", fmt.Sprintf("{per_second: %g}", limit)))
+	if err != nil {
+		return Result{}, err
+	}
+	planned := time.Since(start)
+	id, err := e.record(ctx, p)
+	if err != nil {
+		return Result{}, err
+	}
+	st := store.New(e.rdb)
+	var r *store.Rollout
+	for end := time.Now().Add(30 * time.Minute); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if r, err = st.Get(ctx, id); err == nil && r.State.Finished() {
+			break
+		}
+	}
+	took := time.Since(start)
+	if r == nil || r.State != store.RolloutCompleted {
+		return Result{}, fmt.Errorf("end to end: the rollout did not complete")
+	}
+	s1 := e.sim.Stats()
+	planReads := n/100 + n
+	physical := float64(planReads+2*n) / limit
+	return Result{Name: fmt.Sprintf("end to end: plan + roll out %d CVMs, API limit %g req/s known to the file, 3 worker processes", n, limit),
+		Ours: fmt.Sprintf("%.1f s = %.2fx the physical limit of %.0f s (plan %.1f s); %d requests, %d answered 429, %d PATCH; %d succeeded",
+			took.Seconds(), took.Seconds()/physical, physical, planned.Seconds(), s1.Requests-s0.Requests, s1.Throttled-s0.Throttled,
+			s1.Patches-s0.Patches, r.Counts[store.Succeeded]),
+		Target: "within 10% of (plan reads + 2 per CVM)/50",
+		Note:   fmt.Sprintf("physical limit: (%d plan reads + %d worker requests (GET + PATCH per CVM)) / %g req/s", planReads, 2*n, limit),
+		Pass:   took.Seconds() <= 1.1*physical}, nil
 }
 
 // requestRate counts the simulator's requests over window, after warmup.

@@ -49,7 +49,7 @@ import (
 //     to what the API accepted.
 //   - A window with answers and no overload raises the rate: by FastStep
 //     (10%) while below ssthresh (slow start back to where it hurt), then
-//     by SlowStep (2%), doubled every ProbeEvery (5) clean windows in a row
+//     by SlowStep (1%), doubled every ProbeEvery (5) clean windows in a row
 //     up to FastStep: near the limit it creeps up; when the limit has
 //     risen (20→80), it is back within 10% of it in about 20 windows. It
 //     never goes above the file's rate (the ceiling) nor below Floor.
@@ -66,7 +66,7 @@ const (
 	MinCut         = 0.9
 	Backoff        = 0.95
 	FastStep       = 0.10
-	SlowStep       = 0.02
+	SlowStep       = 0.01
 	ProbeEvery     = 5
 	Threshold      = 0.9
 )
