@@ -27,7 +27,7 @@ func TestStatusShowsTheAdaptiveRate(t *testing.T) {
 	}
 	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	why := "cut: 429 Too Many Requests: 12 of 80 answers"
-	if err := store.NewLimits(b.RDB).PaceSet(context.Background(), a.ID, store.PaceRecord{Rate: 17.5, Ssthresh: 20, Reason: why, ChangedAt: at}); err != nil {
+	if err := store.NewLimits(b.RDB).PaceSet(context.Background(), a.ID, store.PaceRecord{Rate: 17.5, Ssthresh: 20, Reason: why, ChangedAt: at}, false); err != nil {
 		t.Fatal(err)
 	}
 	if out := mustRun(t, b, "status", a.ID); !strings.Contains(out, "Rate:     17.5 req/s adaptive (file 40): "+why) {

@@ -85,34 +85,68 @@ func (l *Limiter) Rate(ctx context.Context, id string, lim Limits) (float64, err
 // Take waits for one request token. It returns 0 when the request may go,
 // or how long the caller should wait when that is more than MaxInlineWait
 // (no token is taken then).
+//
+// A token is reserved, then slept for. Requests waiting for their turn
+// were reserved at the rate of then: when the adaptive rate is cut, the
+// cut empties the bucket's queue (Observe), and each waiter that sees the
+// lower rate (within RateFresh) reserves again at it. Without that, a
+// queue of waiting tasks (150 at 40 req/s: almost 4 s) would go on at the
+// old rate for as long, answered 429.
 func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duration, error) {
-	r, err := l.Rate(ctx, id, lim)
-	if err != nil || r <= 0 {
-		return 0, err
+	deadline := time.Now().Add(MaxInlineWait)
+	for {
+		r, err := l.Rate(ctx, id, lim)
+		if err != nil || r <= 0 {
+			return 0, err
+		}
+		burst := lim.Burst
+		if burst <= 0 {
+			// A tenth of a second's worth: a request that comes a little
+			// late still gets its slot, so the average holds the rate.
+			burst = max(1, int(r/10))
+		}
+		taken, wait, err := l.st.Reserve(ctx, id, r, burst, max(0, time.Until(deadline)))
+		if err != nil {
+			return 0, err
+		}
+		if !taken {
+			return max(wait, time.Millisecond), nil
+		}
+		if ok, err := l.sleepTurn(ctx, id, lim, r, wait); ok || err != nil {
+			return 0, err
+		}
 	}
-	burst := lim.Burst
-	if burst <= 0 {
-		// A tenth of a second's worth: a request that comes a little
-		// late still gets its slot, so the average holds the rate.
-		burst = max(1, int(r/10))
-	}
-	taken, wait, err := l.st.Reserve(ctx, id, r, burst, MaxInlineWait)
-	if err != nil {
-		return 0, err
-	}
-	if !taken {
-		return wait, nil
-	}
-	if wait <= 0 {
-		return 0, nil
-	}
-	t := time.NewTimer(wait)
-	select {
-	case <-ctx.Done():
-		t.Stop()
-		return 0, ctx.Err()
-	case <-t.C:
-		return 0, nil
+}
+
+// sleepTurn sleeps wait for a token reserved at rate r, looking at the
+// rate every RateFresh when adaptive. It returns false if the rate was cut
+// meanwhile: the token is void.
+func (l *Limiter) sleepTurn(ctx context.Context, id string, lim Limits, r float64, wait time.Duration) (bool, error) {
+	end := time.Now().Add(wait)
+	for {
+		left := time.Until(end)
+		if left <= 0 {
+			return true, nil
+		}
+		step := left
+		if lim.Adaptive {
+			step = min(left, RateFresh)
+		}
+		t := time.NewTimer(step)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		case <-t.C:
+		}
+		if step == left {
+			return true, nil
+		}
+		if now, err := l.Rate(ctx, id, lim); err != nil {
+			return false, err
+		} else if now < r*0.99 {
+			return false, nil
+		}
 	}
 }
 
@@ -180,8 +214,9 @@ func (l *Limiter) Observe(ctx context.Context, id string, lim Limits, c Class) e
 		next := Next(w.State, w.Counts, w.Started, now, lim.PerSecond, floorOf(lim))
 		if next != w.State {
 			// Only this call closed the window, so only it writes; the
-			// next window closes a Window later.
-			if err := l.st.PaceSet(ctx, id, next); err != nil {
+			// next window closes a Window later. A cut voids the tokens
+			// reserved at the old rate (see Take).
+			if err := l.st.PaceSet(ctx, id, next, next.Rate < w.State.Rate && w.State.Rate > 0); err != nil {
 				return err
 			}
 		}

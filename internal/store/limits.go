@@ -239,15 +239,24 @@ type PaceWindow struct {
 }
 
 // PaceSet writes the adaptive rate's state (the counting window is left
-// alone: answers keep arriving meanwhile).
-func (s *Limits) PaceSet(ctx context.Context, id string, r PaceRecord) error {
+// alone: answers keep arriving meanwhile). resetBucket also empties the
+// request bucket's queue of reservations, made at the rate before a cut
+// (both keys are the rollout's: one slot).
+func (s *Limits) PaceSet(ctx context.Context, id string, r PaceRecord, resetBucket bool) error {
 	var changed int64
 	if !r.ChangedAt.IsZero() {
 		changed = r.ChangedAt.UnixMilli()
 	}
-	return s.rdb.HSet(ctx, PaceKey(id), "rate", strconv.FormatFloat(r.Rate, 'g', -1, 64),
-		"ssthresh", strconv.FormatFloat(r.Ssthresh, 'g', -1, 64), "baseline", strconv.FormatFloat(r.Baseline, 'g', -1, 64),
-		"clean", r.Clean, "reason", r.Reason, "changed_at", changed).Err()
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, PaceKey(id), "rate", strconv.FormatFloat(r.Rate, 'g', -1, 64),
+			"ssthresh", strconv.FormatFloat(r.Ssthresh, 'g', -1, 64), "baseline", strconv.FormatFloat(r.Baseline, 'g', -1, 64),
+			"clean", r.Clean, "reason", r.Reason, "changed_at", changed)
+		if resetBucket {
+			p.Del(ctx, GCRAKey(id))
+		}
+		return nil
+	})
+	return err
 }
 
 // The in-flight cap is a semaphore of leases: a sorted set of holders
