@@ -32,8 +32,10 @@ import (
 //     never cuts the rate; 40% out of the blue (from 10%) does.
 //   - On a 429 or a 503 with Retry-After the API has told its capacity:
 //     what it accepted in the window (answers other than those, per
-//     second). The rate goes to Backoff (95%) of that, never up, and at
-//     most halved (MaxCut) in one window, from what was sent in it: 80→20 req/s takes two windows,
+//     second). The rate goes to Backoff (95%) of that (or of what was sent less
+//     twice the share refused, if more: a window with few refusals did not
+//     measure the capacity), never up, and at most halved (MaxCut) in one
+//     window, from what was sent in it: 80→20 req/s takes two windows,
 //     and a rate a little above the limit comes down a little, not by a
 //     fixed factor. Windows still full of requests sent at the old rate
 //     (a queue of workers waiting for tokens) then change it no more,
@@ -159,7 +161,11 @@ func Next(s store.PaceRecord, c store.PaceCounts, started, now time.Time, ceilin
 	switch {
 	case c.Throttled+c.Busy > 0:
 		accepted := float64(answered) / sec
-		cut = math.Max(from*MaxCut, math.Min(s.Rate, Backoff*accepted))
+		// What was accepted is the API's capacity only in a window that
+		// pushed against it: one with few refusals (a stall on our side,
+		// answers counted late) cuts by twice their share, no more.
+		share := float64(c.Throttled+c.Busy) / float64(all)
+		cut = math.Max(from*MaxCut, math.Min(s.Rate, Backoff*math.Max(accepted, from*(1-2*share))))
 		ssthresh = math.Min(ssthresh, accepted)
 		why = fmt.Sprintf("429 Too Many Requests: %d of %d answers", c.Throttled, all)
 		if c.Throttled == 0 {
