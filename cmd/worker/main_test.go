@@ -189,7 +189,6 @@ func TestRedisRestartWithPersistence(t *testing.T) {
 	}
 }
 
-
 // TestAllWorkersKilledDuringBake: the only worker dies with SIGKILL while a
 // stage bakes; a new one picks the rollout up from Redis: the next stage
 // starts no earlier than the bake allows, and the rollout completes.

@@ -68,4 +68,3 @@ func TestSentinelURL(t *testing.T) {
 		t.Fatalf("wrong master name: %v", err)
 	}
 }
-
