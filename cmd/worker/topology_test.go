@@ -2,6 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +16,7 @@ import (
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/tasks"
 	"github.com/phalafleet/rollout/internal/testutil"
+	"github.com/redis/go-redis/v9"
 )
 
 // The Redis topologies, proven on real servers (issue 11): a Cluster with
@@ -98,4 +105,157 @@ retry: {max_attempts: 4, backoff: {base: 200ms, max: 1s}}
 	checkOnce(t, b, p.ID, len(p.Items))
 	t.Logf("Cluster rollout: %d CVMs in 2 stages, 3 workers, a failover: %s; %d PATCHes accepted, each CVM exactly once",
 		len(p.Items), took.Round(100*time.Millisecond), b.Sim.Stats().Patches)
+}
+
+// TestTLSPrivateCA runs a rollout with a worker process through a
+// redis-server that speaks TLS only and wants client certificates, from a
+// CA the test made: REDIS_URL names the CA, the certificate and its key.
+// The wrong CA, or no client certificate, is one clear line.
+func TestTLSPrivateCA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts redis-server and a worker process")
+	}
+	testutil.NeedTLS(t)
+	f := testutil.GenTLS(t)
+	port := testutil.FreePort(t)
+	testutil.StartRedisConf(t, "", 0, "--tls-port", strconv.Itoa(port), "--tls-cert-file", f.ServerCert, "--tls-key-file", f.ServerKey,
+		"--tls-ca-cert-file", f.CA, "--tls-auth-clients", "yes")
+	base := fmt.Sprintf("rediss://127.0.0.1:%d/0", port)
+	url := base + "?tls_ca=" + f.CA + "&tls_cert=" + f.ClientCert + "&tls_key=" + f.ClientKey
+	rdb, err := redisconn.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	bin := buildWorker(t)
+	b := testutil.SetupOn(t, fleet(200, 41), rdb, url)
+	p := b.Apply(t, "name: tls\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n")
+	startWorker(t, bin, b)
+	waitCounts(t, b, p.ID, time.Minute, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+	checkOnce(t, b, p.ID, len(p.Items))
+
+	for _, c := range []struct{ url, want string }{
+		{base + "?tls_ca=" + f.OtherCA + "&tls_cert=" + f.ClientCert + "&tls_key=" + f.ClientKey,
+			"TLS: certificate signed by unknown authority (check tls_ca in REDIS_URL)"},
+		{base + "?tls_ca=" + f.CA, "(check tls_cert and tls_key in REDIS_URL)"},
+		{fmt.Sprintf("redis://127.0.0.1:%d/0?tls_ca=%s", port, f.CA), "need rediss://"},
+	} {
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(), "PHALA_CLOUD_API_KEY="+b.Key, "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+c.url)
+		out, err := cmd.CombinedOutput()
+		line := strings.TrimSpace(string(out))
+		t.Logf("wrong TLS setup: %s", line)
+		if err == nil || strings.Count(line, "\n") > 0 || !strings.Contains(line, c.want) {
+			t.Errorf("worker with %s: %v, said:\n%s\nwant one line with %q", c.url, err, line, c.want)
+		}
+	}
+}
+
+// TestSentinelFailoverMidRollout runs a rollout with 2 worker processes
+// through a Sentinel, and forces a failover (SENTINEL FAILOVER) mid-way,
+// the planned kind (switchover): every CVM ends at the target, patched
+// exactly once, none lost. (An unplanned one loses the writes of the last
+// moment, Redis's replication being asynchronous: docs/redis.md.)
+func TestSentinelFailoverMidRollout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts redis-servers, a Sentinel and 2 worker processes")
+	}
+	began := time.Now()
+	master := testutil.StartRedis(t)
+	replica := testutil.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port))
+	sport := testutil.FreePort(t)
+	conf := filepath.Join(t.TempDir(), "sentinel.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("sentinel monitor main 127.0.0.1 %d 1\nsentinel down-after-milliseconds main 3000\nsentinel failover-timeout main 10000\n", master.Port)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testutil.StartRedisConf(t, conf, sport, "--sentinel")
+	ctx := context.Background()
+	sen := redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", sport)})
+	defer sen.Close()
+	// A forced failover needs a replica the Sentinel knows and likes.
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		reps, err := sen.Replicas(ctx, "main").Result()
+		if err == nil && len(reps) == 1 && reps[0]["master-link-status"] == "ok" {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the Sentinel does not see the replica: %v %v", reps, err)
+		}
+	}
+	t.Logf("the Sentinel sees the replica after %s", time.Since(began).Round(time.Millisecond))
+	url := fmt.Sprintf("redis://127.0.0.1:%d/0?master_name=main", sport)
+	rdb, err := redisconn.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	bin := buildWorker(t)
+	b := testutil.SetupOn(t, fleet(600, 51), rdb, url)
+	b.Sim.SetFaults(sim.Faults{Latency: 5 * time.Millisecond})
+	p := b.Apply(t, "name: sentinel\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nrate: {per_second: 150}\nretry: {max_attempts: 4, backoff: {base: 200ms, max: 1s}}\n")
+	for range 2 {
+		startWorker(t, bin, b, "--concurrency", "16")
+	}
+	waitCounts(t, b, p.ID, time.Minute, func(r *store.Rollout) bool { return r.Counts[store.Succeeded] >= 150 })
+	switchover(t, master, replica, sen)
+	at := get(t, b, p.ID)
+	t.Logf("the Sentinel failed over to %s with %d of %d CVMs done", replica.Addr(), at.Counts[store.Succeeded], len(p.Items))
+	if at.Counts[store.Succeeded] >= len(p.Items) {
+		t.Fatal("the rollout was over before the failover")
+	}
+	waitCounts(t, b, p.ID, 90*time.Second, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+	checkOnce(t, b, p.ID, len(p.Items))
+}
+
+// switchover is a planned Sentinel failover that loses no write, the way
+// Redis's CLIENT PAUSE documents it: writes pause on the master, the
+// replica catches up, SENTINEL FAILOVER promotes it, the old master is
+// made its replica at once (what the Sentinel does a few seconds later),
+// and the writes it held fail with READONLY when the pause ends: their
+// callers retry them on the new master. It returns once the Sentinel names
+// the new master.
+func switchover(t *testing.T, master, replica *testutil.Server, sen *redis.SentinelClient) {
+	t.Helper()
+	ctx := context.Background()
+	m := redis.NewClient(&redis.Options{Addr: master.Addr(), MaxRetries: -1})
+	defer m.Close()
+	r := redis.NewClient(&redis.Options{Addr: replica.Addr(), MaxRetries: -1})
+	defer r.Close()
+	if err := m.Do(ctx, "CLIENT", "PAUSE", "20000", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	offset := func(c *redis.Client, field string) string {
+		info, _ := c.Info(ctx, "replication").Result()
+		for _, l := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(l, field+":"); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	for end := time.Now().Add(10 * time.Second); offset(m, "master_repl_offset") != offset(r, "slave_repl_offset"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the replica did not catch up with the paused master")
+		}
+	}
+	began := time.Now()
+	if err := sen.Failover(ctx, "main").Err(); err != nil {
+		t.Fatalf("SENTINEL FAILOVER: %v", err)
+	}
+	defer func() { t.Logf("SENTINEL FAILOVER took %s", time.Since(began).Round(time.Millisecond)) }()
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		addr, err := sen.GetMasterAddrByName(ctx, "main").Result()
+		if err == nil && addr[1] == strconv.Itoa(replica.Port) {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("no failover 30s after SENTINEL FAILOVER (master %v)", addr)
+		}
+	}
+	if err := m.Do(ctx, "REPLICAOF", "127.0.0.1", strconv.Itoa(replica.Port)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,7 +40,7 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 	if rawURL == "" {
 		return nil, fmt.Errorf("no Redis: set REDIS_URL or --redis (redis://host:6379/0)")
 	}
-	rdb, err := newClient(rawURL, pool)
+	rdb, tf, err := newClient(rawURL, pool)
 	if err != nil {
 		// url.Error quotes the whole URL, password and all: keep only why.
 		var ue *url.Error
@@ -52,7 +53,7 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		if msg, ok := tlsTrouble(err); ok {
+		if msg, ok := tf.trouble(err, strings.HasPrefix(rawURL, "rediss:")); ok {
 			return nil, fmt.Errorf("redis %s: TLS: %s", Redact(rawURL), msg)
 		}
 		return nil, fmt.Errorf("redis %s is not answering: %v", Redact(rawURL), err)
@@ -95,11 +96,16 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 // On a Cluster, go-redis follows MOVED and ASK redirects and READONLY
 // (what a failover answers) itself; noResend keeps it from resending a
 // script or MULTI whose connection broke (see cluster.go).
-func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
+func newClient(rawURL string, pool int) (redis.UniversalClient, tlsFiles, error) {
 	rawURL, tc, err := tlsParams(rawURL)
 	if err != nil {
-		return nil, err
+		return nil, tc, err
 	}
+	rdb, err := clientFor(rawURL, pool, tc)
+	return rdb, tc, err
+}
+
+func clientFor(rawURL string, pool int, tc tlsFiles) (redis.UniversalClient, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, err

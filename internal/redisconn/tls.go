@@ -5,8 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"os"
+	"syscall"
 )
 
 // tlsFiles is what the tls_ parameters of a URL name, loaded.
@@ -81,12 +84,15 @@ func (tf tlsFiles) apply(c *tls.Config) {
 }
 
 // tlsTrouble words a TLS failure of the first connection for the
-// operator: what went wrong and which parameter to look at.
-func tlsTrouble(err error) (string, bool) {
+// operator: what went wrong and which parameter to look at. tlsOn says the
+// URL is rediss://; a server that wants a client certificate and got none
+// answers with an alert, or (TLS 1.3, the handshake done on the client's
+// side) just resets the connection.
+func (tf tlsFiles) trouble(err error, tlsOn bool) (string, bool) {
 	var unknown x509.UnknownAuthorityError
 	var host x509.HostnameError
 	var invalid x509.CertificateInvalidError
-	var alert tls.AlertError
+	var remote *net.OpError // the server's TLS alert ("remote error: tls: ...")
 	var record tls.RecordHeaderError
 	switch {
 	case errors.As(err, &unknown):
@@ -95,10 +101,12 @@ func tlsTrouble(err error) (string, bool) {
 		return host.Error() + " (connect by a name the certificate holds)", true
 	case errors.As(err, &invalid):
 		return invalid.Error() + " (check tls_ca in REDIS_URL)", true
-	case errors.As(err, &alert):
-		return "the server refused the connection: " + alert.Error() + " (check tls_cert and tls_key in REDIS_URL)", true
+	case errors.As(err, &remote) && remote.Op == "remote error":
+		return "the server refused the connection: " + remote.Err.Error() + " (check tls_cert and tls_key in REDIS_URL)", true
 	case errors.As(err, &record):
 		return "the server does not speak TLS (use redis://, or its TLS port)", true
+	case tlsOn && tf.certs == nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)):
+		return "the server closed the connection: " + err.Error() + " (does it want a client certificate? check tls_cert and tls_key in REDIS_URL)", true
 	}
 	return "", false
 }
