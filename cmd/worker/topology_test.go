@@ -2,16 +2,19 @@ package main
 
 import (
 	"context"
+	"encoding/csv"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/cli"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/tasks"
@@ -258,4 +261,90 @@ func switchover(t *testing.T, master, replica *testutil.Server, sen *redis.Senti
 	if err := m.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestManyWorkersHoldTheFleetLimits runs a 5,000-CVM rollout with 4 worker
+// processes on a real redis-server, at 500 API calls/s and 40 CVMs in
+// flight across all of them: every CVM is patched exactly once, the
+// simulator never sees more than 40 calls at once nor more calls in a
+// second than the rate and its burst allow, and report says which worker
+// did each CVM (all 4 did some).
+func TestManyWorkersHoldTheFleetLimits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts redis-server and 4 worker processes")
+	}
+	srv := testutil.StartRedis(t)
+	url := "redis://" + srv.Addr() + "/0"
+	rdb, err := redisconn.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	bin := buildWorker(t)
+	b := testutil.SetupOn(t, fleet(5000, 61), rdb, url)
+	const perSecond, inFlight = 500, 40
+	p := b.Apply(t, fmt.Sprintf(`name: many
+selector: {all: true}
+target: {kms_urls: ["https://kms-new.example:8000"]}
+rate: {per_second: %d, max_in_flight: %d}
+retry: {max_attempts: 4, backoff: {base: 200ms, max: 1s}}
+`, perSecond, inFlight))
+	// Each call takes 20ms: 40 CVMs in flight could make 2,000 calls/s,
+	// so the rate is what binds, and both limits are busy.
+	b.Sim.SetFaults(sim.Faults{Latency: 20 * time.Millisecond})
+	b.Sim.ResetPeaks() // the plan's reads are not the rollout's
+	began := time.Now()
+	names := map[string]bool{}
+	host, _ := os.Hostname()
+	for range 4 {
+		w := startWorker(t, bin, b, "--concurrency", "30")
+		names[fmt.Sprintf("%s/%d", host, w.Process.Pid)] = true
+	}
+	waitCounts(t, b, p.ID, 90*time.Second, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+	took := time.Since(began)
+	checkOnce(t, b, p.ID, len(p.Items))
+	st := b.Sim.Stats()
+	burst := int64(perSecond / 10) // ratelimit's default burst
+	t.Logf("%d CVMs, 4 workers: %s; at the simulator at most %d calls at once (%d PATCHes), at most %d calls in a second",
+		len(p.Items), took.Round(100*time.Millisecond), st.MaxConcurrent, st.MaxConcurrentPatches, st.MaxPerSecond())
+	if st.MaxConcurrent > inFlight {
+		t.Errorf("%d calls at once at the simulator: max_in_flight %d was not held", st.MaxConcurrent, inFlight)
+	}
+	if st.MaxPerSecond() > perSecond+burst {
+		t.Errorf("%d calls in one second at the simulator: per_second %d (burst %d) was not held", st.MaxPerSecond(), perSecond, burst)
+	}
+	if st.MaxConcurrent < inFlight/4 || st.MaxPerSecond() < perSecond/4 {
+		t.Errorf("the limits were never approached (%d at once, %d/s): the test proves nothing", st.MaxConcurrent, st.MaxPerSecond())
+	}
+
+	// report -o csv: the worker column names the 4 processes, each with
+	// some CVMs.
+	var out strings.Builder
+	env := &cli.Env{Stdout: &out, Stderr: os.Stderr, Stdin: strings.NewReader(""), Getenv: func(k string) string {
+		if k == "REDIS_URL" {
+			return url
+		}
+		return ""
+	}}
+	if err := cli.Run(context.Background(), env, []string{"report", p.ID, "-o", "csv"}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(strings.NewReader(out.String())).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := slices.Index(rows[0], "worker")
+	by := map[string]int{}
+	for _, row := range rows[1:] {
+		by[row[col]]++
+	}
+	for w, n := range by {
+		if !names[w] {
+			t.Errorf("report names worker %q (%d CVMs), not one of %v", w, n, names)
+		}
+	}
+	if len(by) != 4 || len(rows)-1 != len(p.Items) {
+		t.Errorf("report: %d rows, by worker %v: want %d rows from 4 workers", len(rows)-1, by, len(p.Items))
+	}
+	t.Logf("CVMs by worker (report's worker column): %v", by)
 }
