@@ -24,7 +24,12 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090)")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
+	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	e, err := e.withKeyFile(*keyFile)
+	if err != nil {
 		return err
 	}
 	if *conc < 1 {
