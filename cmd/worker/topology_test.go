@@ -170,9 +170,10 @@ func TestSentinelFailoverMidRollout(t *testing.T) {
 // the old master takes writes until the clients move, and loses them
 // (Redis replicates asynchronously). What the tool promises then: the
 // rollout completes (the lost tasks come back through asynq's lease
-// recovery, a minute or two), every CVM at the target, none patched twice;
-// a CVM whose success record was lost reads unchanged. It takes minutes:
-// ROLLOUT_SLOW_TESTS=1 runs it.
+// recovery, a minute or two), every CVM at the target; a CVM whose success
+// record was lost reads unchanged, and one whose task was handed out again
+// while its first try still ran may get the same PATCH twice, never more.
+// It takes minutes: ROLLOUT_SLOW_TESTS=1 runs it.
 func TestSentinelUnplannedFailover(t *testing.T) {
 	if os.Getenv("ROLLOUT_SLOW_TESTS") == "" {
 		t.Skip("waits minutes for asynq's lease recovery; ROLLOUT_SLOW_TESTS=1 runs it")
@@ -238,12 +239,18 @@ func sentinelRollout(t *testing.T, planned bool) {
 	r := waitCounts(t, b, p.ID, 5*time.Minute, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
 	t.Logf("completed %s after the start: %v", time.Since(began).Round(time.Second), r.Counts)
 	stats := b.Sim.Stats()
+	twice := 0
 	for cvm, rec := range b.Records(t, p.ID) {
 		kms, _, _ := b.Sim.Config(cvm)
-		if n := stats.PatchesPerCVM[cvm]; n != 1 || len(kms) != 1 || kms[0] != "https://kms-new.example:8000" || !rec.State.Terminal() {
+		n := stats.PatchesPerCVM[cvm]
+		if n < 1 || n > 2 || len(kms) != 1 || kms[0] != "https://kms-new.example:8000" || !rec.State.Terminal() {
 			t.Errorf("%s: %s, %d accepted PATCHes, KMS %v", cvm, rec.State, n, kms)
 		}
+		if n == 2 {
+			twice++
+		}
 	}
+	t.Logf("%d CVMs got their PATCH twice", twice)
 }
 
 // failover is SENTINEL FAILOVER as it comes, until the Sentinel names the
