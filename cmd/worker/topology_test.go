@@ -106,6 +106,12 @@ retry: {max_attempts: 4, backoff: {base: 200ms, max: 1s}}
 	waitCounts(t, b, p.ID, time.Minute, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
 	took := time.Since(began)
 	checkOnce(t, b, p.ID, len(p.Items))
+	// The read commands work on a Cluster too (asynq's inspector included).
+	for _, args := range [][]string{{"status", p.ID}, {"report", p.ID, "-o", "json"}, {"events", p.ID}, {"list"}, {"workers"}} {
+		if _, err := rolloutCmd(b.RedisURL, args...); err != nil {
+			t.Errorf("rollout %v on the Cluster: %v", args, err)
+		}
+	}
 	t.Logf("Cluster rollout: %d CVMs in 2 stages, 3 workers, a failover: %s; %d PATCHes accepted, each CVM exactly once",
 		len(p.Items), took.Round(100*time.Millisecond), b.Sim.Stats().Patches)
 }
@@ -380,17 +386,11 @@ retry: {max_attempts: 4, backoff: {base: 200ms, max: 1s}}
 
 	// report -o csv: the worker column names the 4 processes, each with
 	// some CVMs.
-	var out strings.Builder
-	env := &cli.Env{Stdout: &out, Stderr: os.Stderr, Stdin: strings.NewReader(""), Getenv: func(k string) string {
-		if k == "REDIS_URL" {
-			return url
-		}
-		return ""
-	}}
-	if err := cli.Run(context.Background(), env, []string{"report", p.ID, "-o", "csv"}); err != nil {
+	out, err := rolloutCmd(url, "report", p.ID, "-o", "csv")
+	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := csv.NewReader(strings.NewReader(out.String())).ReadAll()
+	rows, err := csv.NewReader(strings.NewReader(out)).ReadAll()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,4 +408,18 @@ retry: {max_attempts: 4, backoff: {base: 200ms, max: 1s}}
 		t.Errorf("report: %d rows, by worker %v: want %d rows from 4 workers", len(rows)-1, by, len(p.Items))
 	}
 	t.Logf("CVMs by worker (report's worker column): %v", by)
+}
+
+// rolloutCmd runs a rollout command in-process on the Redis at url and
+// returns what it printed.
+func rolloutCmd(url string, args ...string) (string, error) {
+	var out strings.Builder
+	env := &cli.Env{Stdout: &out, Stderr: os.Stderr, Stdin: strings.NewReader(""), Getenv: func(k string) string {
+		if k == "REDIS_URL" {
+			return url
+		}
+		return ""
+	}}
+	err := cli.Run(context.Background(), env, args)
+	return out.String(), err
 }
