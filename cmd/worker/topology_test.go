@@ -38,7 +38,7 @@ func fleet(n int, seed uint64) sim.FleetOptions {
 
 // checkOnce checks that the rollout completed with every CVM succeeded,
 // at the target at the simulator, with exactly one accepted PATCH each.
-func checkOnce(t *testing.T, b *testutil.Bundle, id string, want int) map[string]store.CVMRecord {
+func checkOnce(t *testing.T, b *testutil.Bundle, id string, want int) {
 	t.Helper()
 	r := get(t, b, id)
 	if r.State != store.RolloutCompleted || r.Counts[store.Succeeded] != want {
@@ -64,7 +64,6 @@ func checkOnce(t *testing.T, b *testutil.Bundle, id string, want int) map[string
 	if stats.Patches != int64(want) {
 		t.Fatalf("%d PATCHes accepted in all, want %d", stats.Patches, want)
 	}
-	return recs
 }
 
 // TestClusterFailoverMidRollout runs a staged 2,000-CVM rollout with 3

@@ -2,7 +2,6 @@ package testutil
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -139,8 +138,10 @@ func StartCluster(t testing.TB) *Cluster {
 	for end := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		ok := 0
 		for _, n := range c.Nodes {
-			if info, err := c.Node(n).ClusterInfo(context.Background()).Result(); err == nil &&
-				strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:6") {
+			nc := c.Node(n)
+			info, err := nc.ClusterInfo(context.Background()).Result()
+			nc.Close()
+			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:6") {
 				ok++
 			}
 		}
@@ -165,13 +166,13 @@ func (c *Cluster) Node(n *Server) *redis.Client {
 func (c *Cluster) FailoverSlot(t testing.TB, key string) (from, to string) {
 	t.Helper()
 	ctx := context.Background()
-	any := c.Node(c.Nodes[0])
-	defer any.Close()
-	slot, err := any.ClusterKeySlot(ctx, key).Result()
+	n0 := c.Node(c.Nodes[0])
+	defer n0.Close()
+	slot, err := n0.ClusterKeySlot(ctx, key).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	slots, err := any.ClusterSlots(ctx).Result()
+	slots, err := n0.ClusterSlots(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,13 +197,4 @@ func (c *Cluster) FailoverSlot(t testing.TB, key string) (from, to string) {
 			t.Fatalf("%s is not master 20s after CLUSTER FAILOVER", to)
 		}
 	}
-}
-
-// String names the cluster's nodes.
-func (c *Cluster) String() string {
-	var a []string
-	for _, n := range c.Nodes {
-		a = append(a, n.Addr())
-	}
-	return fmt.Sprint(a)
 }
