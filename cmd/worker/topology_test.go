@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/api/sim"
 	"github.com/phalafleet/rollout/internal/cli"
 	"github.com/phalafleet/rollout/internal/redisconn"
@@ -237,7 +238,14 @@ func sentinelRollout(t *testing.T, planned bool) {
 		t.Fatal("the rollout was over before the failover")
 	}
 	if planned {
-		waitCounts(t, b, p.ID, 90*time.Second, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+		// Normally done in seconds. A task whose handler failed during the
+		// switch, and whose move to asynq's retry set failed too, waits for
+		// asynq's lease recovery (up to 2 minutes): say so, then wait.
+		done := func(r *store.Rollout) bool { return r.State == store.RolloutCompleted }
+		if !waitFor(b, p.ID, 30*time.Second, done) {
+			t.Logf("not completed 30s after the failover (%v); waiting for asynq's lease recovery. Stuck: %s", get(t, b, p.ID).Counts, stuck(t, b, p.ID))
+		}
+		waitCounts(t, b, p.ID, 2*time.Minute, done)
 		checkOnce(t, b, p.ID, len(p.Items))
 		return
 	}
@@ -421,4 +429,33 @@ func rolloutCmd(url string, args ...string) (string, error) {
 	}}
 	err := cli.Run(context.Background(), env, args)
 	return out.String(), err
+}
+
+// waitFor polls until cond holds or limit passes, and says which.
+func waitFor(b *testutil.Bundle, id string, limit time.Duration, cond func(*store.Rollout) bool) bool {
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if r, err := b.Store.Get(context.Background(), id); err == nil && cond(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// stuck names the rollout's running CVMs and what asynq says of their
+// tasks, for a test that waits too long.
+func stuck(t *testing.T, b *testutil.Bundle, id string) string {
+	insp := asynq.NewInspectorFromRedisClient(b.RDB)
+	var out []string
+	for cvm, rec := range b.Records(t, id) {
+		if rec.State != store.Running && rec.State != store.Pending {
+			continue
+		}
+		info, err := insp.GetTaskInfo(tasks.Queue, tasks.TaskID(tasks.Payload{Rollout: id, CVM: cvm, Gen: rec.Gen}))
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s %s (task: %v)", cvm, rec.State, err))
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s %s (task %s, retried %d, last error %q)", cvm, rec.State, info.State, info.Retried, info.LastErr))
+	}
+	return strings.Join(out, "; ")
 }
