@@ -253,13 +253,21 @@ func freeAddr(t *testing.T) string {
 
 func get(t *testing.T, url string) (string, int) {
 	t.Helper()
-	resp, err := http.Get(url)
+	body, code, err := tryGet(url)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return body, code
+}
+
+func tryGet(url string) (string, int, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", 0, err
+	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b), resp.StatusCode
+	b, err := io.ReadAll(resp.Body)
+	return string(b), resp.StatusCode, err
 }
 
 func scrape(t *testing.T, url string) string {
