@@ -50,7 +50,9 @@ func TestWorkerJSONLogs(t *testing.T) {
 	e := &Env{Stdout: &bytes.Buffer{}, Stderr: &stderr, Stdin: strings.NewReader(""), Getenv: func(k string) string { return env[k] }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, e, []string{"worker", "--log-format", "json", "--concurrency", "4", "--shutdown-timeout", "5s"}) }()
+	go func() {
+		done <- Run(ctx, e, []string{"worker", "--log-format", "json", "--concurrency", "4", "--shutdown-timeout", "5s"})
+	}()
 	out := mustRun(t, b, "apply", "-f", file, "--yes", "-o", "json")
 	var a struct {
 		ID string `json:"id"`
