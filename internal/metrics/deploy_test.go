@@ -103,6 +103,9 @@ func TestDashboardAndAlertsMatchAScrape(t *testing.T) {
 			t.Errorf("the scrape lacks %s", want)
 		}
 	}
+	if strings.Contains(body, b.Key) {
+		t.Error("the API key is in the scrape")
+	}
 	sc := newScrape(t, body)
 	if r := sc.values["rollout_rate_adaptive_per_second"]; r >= 100 || r <= 0 {
 		t.Errorf("rollout_rate_adaptive_per_second = %v after 429s, want below the limit of 100", r)
@@ -246,6 +249,7 @@ type checker struct {
 	sc    *scrapeInfo
 	known map[string]map[string]bool // metric -> labels, with recording rules' outputs added
 	exprs int
+	used  map[string]bool // metric names the expressions select
 }
 
 // placeholder stands for a Grafana variable's value in an expression.
@@ -381,6 +385,10 @@ func (c *checker) selector(where string, vs *parser.VectorSelector) map[string]b
 			name = m.Value
 		}
 	}
+	if c.used == nil {
+		c.used = map[string]bool{}
+	}
+	c.used[name] = true
 	have, ok := c.known[name]
 	if !ok {
 		c.errorf(where, "metric %s is not in the worker's scrape", name)
@@ -530,9 +538,19 @@ func (c *checker) dashboard(path string) {
 			}
 		}
 	}
+	c.used = nil
 	walk(d.Panels)
 	if n == 0 {
 		c.t.Fatalf("%s: no panel targets", path)
+	}
+	// What the issue asks the dashboard to show.
+	for _, want := range []string{"rollout_state", "rollout_stage_cvms", "rollout_cvms", "rollout_cvm_outcomes_total",
+		"rollout_api_request_duration_seconds_bucket", "rollout_api_requests_total", "rollout_rate_adaptive_per_second",
+		"rollout_in_flight", "rollout_in_flight_limit", "rollout_queue_tasks", "rollout_queue_latency_seconds",
+		"rollout_workers_alive", "rollout_budget_left"} {
+		if !c.used[want] {
+			c.t.Errorf("%s: no panel shows %s", path, want)
+		}
 	}
 	labelValues := regexp.MustCompile(`^label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,\s*(\w+)\s*\)$`)
 	hasRollout := false
