@@ -227,7 +227,9 @@ func (h *Handler) record(ctx context.Context, p Payload, n Next) error {
 		}
 		return &Snooze{After: n.Wait, Reason: n.Reason}
 	case store.ModeRequeue:
-		h.log().Info("cvm retry", h.logFields(p, n, "retry_in", n.Wait.String())...)
+		if tr.Changed() { // not when a cancel took the CVM meanwhile
+			h.log().Info("cvm retry", h.logFields(p, n, "retry_in", n.Wait.String())...)
+		}
 		return &retryAfter{err: errors.New(n.Reason), after: n.Wait}
 	}
 	if h.Observer != nil && tr.Changed() {
