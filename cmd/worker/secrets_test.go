@@ -95,7 +95,7 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 
 	metrics := testutil.FreePort(t)
 	var log lockedBuffer
-	w := exec.Command(bin, "--concurrency", "8", "--debug", "--api-key-file", keyFile, "--metrics-addr", "127.0.0.1:"+strconv.Itoa(metrics))
+	w := exec.Command(bin, "--concurrency", "8", "--debug", "--api-key-file", keyFile, "--http-addr", "127.0.0.1:"+strconv.Itoa(metrics))
 	w.Env = append(os.Environ(), "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+url, "PHALA_CLOUD_API_KEY=")
 	w.Stdout, w.Stderr = &log, &log
 	if err := w.Start(); err != nil {
@@ -109,13 +109,16 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 		{"report", id}, {"events", id}, {"events", id, "-o", "json"}, {"list", "-o", "json"}, {"workers", "-o", "json"}} {
 		rollout(args...)
 	}
-	res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metrics))
-	if err != nil {
-		t.Fatal(err)
+	var body []byte
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", metrics, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(res.Body)
+		res.Body.Close()
+		outputs = append(outputs, output{"worker " + path, string(body)})
 	}
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	outputs = append(outputs, output{"worker /metrics", string(body)})
 	// A wrong password and a dead server: their errors name the URL.
 	rollout("status", id, "--redis", strings.Replace(url, password, password+"-wrong", 1))
 	rollout("status", id, "--redis", fmt.Sprintf("redis://:%s@127.0.0.1:%d/0", password, testutil.FreePort(t)))
