@@ -35,8 +35,8 @@ type output struct{ name, text string }
 // absent), the API key read from --api-key-file, then reads everything
 // the tool wrote: every Redis key and value of every type, the worker's
 // log (--debug), the commands' output and errors, report as CSV and JSON,
-// events, status, workers, the worker's /metrics. Neither the API key nor
-// the Redis password may appear in any of it.
+// events, status, workers, the worker's /metrics, /healthz and /readyz.
+// Neither the API key nor the Redis password may appear in any of it.
 //
 // After a merge, add to secrets and outputs here: a webhook's secret and
 // the bodies it was sent (issue 10), the dashboard token and its pages.
