@@ -2,6 +2,7 @@ package redisconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/phalafleet/rollout/internal/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -103,5 +105,33 @@ func TestNoResend(t *testing.T) {
 	})(ctx, cmds)
 	if errors.Is(got, io.EOF) || errors.Is(cmds[2].Err(), io.EOF) {
 		t.Errorf("a MULTI whose answer was lost would be resent: %v, %v", got, cmds[2].Err())
+	}
+}
+
+// TestTLSFilesInEveryForm: tls_ca, tls_cert and tls_key reach the TLS
+// config of the one-server, Sentinel and Cluster clients alike.
+func TestTLSFilesInEveryForm(t *testing.T) {
+	f := testutil.GenTLS(t)
+	q := "tls_ca=" + f.CA + "&tls_cert=" + f.ClientCert + "&tls_key=" + f.ClientKey
+	for _, u := range []string{
+		"rediss://127.0.0.1:6380/0?" + q,
+		"rediss://127.0.0.1:26379/0?master_name=main&" + q,
+		"rediss://127.0.0.1:7000?addr=127.0.0.1:7001&" + q,
+	} {
+		rdb, _, err := newClient(u, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+		var tc *tls.Config
+		switch c := rdb.(type) {
+		case *redis.ClusterClient:
+			tc = c.Options().TLSConfig
+		case *redis.Client:
+			tc = c.Options().TLSConfig
+		}
+		if tc == nil || tc.RootCAs == nil || len(tc.Certificates) != 1 || tc.MinVersion < tls.VersionTLS12 {
+			t.Errorf("%s: TLS config %+v lacks the CA or the client certificate", u, tc)
+		}
+		rdb.Close()
 	}
 }
