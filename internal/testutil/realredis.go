@@ -120,7 +120,7 @@ func (c *Cluster) URL() string {
 
 // StartCluster starts 6 redis-servers in cluster mode, joins them with
 // redis-cli --cluster create (3 masters, one replica each) and waits until
-// every node says cluster_state:ok.
+// every node says cluster_state:ok and every replica is in sync.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	cli := NeedProgram(t, "redis-cli")
@@ -145,13 +145,37 @@ func StartCluster(t testing.TB) *Cluster {
 				ok++
 			}
 		}
-		if ok == len(c.Nodes) {
+		if ok == len(c.Nodes) && c.replicated() {
 			return c
 		}
 		if time.Now().After(end) {
 			t.Fatalf("the cluster is not ok after 30s (%d of 6 nodes say ok)", ok)
 		}
 	}
+}
+
+// replicated: every slot range has a replica in sync with its master
+// (cluster_state:ok comes before the replicas have joined).
+func (c *Cluster) replicated() bool {
+	ctx := context.Background()
+	n0 := c.Node(c.Nodes[0])
+	defer n0.Close()
+	slots, err := n0.ClusterSlots(ctx).Result()
+	if err != nil || len(slots) == 0 {
+		return false
+	}
+	for _, s := range slots {
+		if len(s.Nodes) < 2 {
+			return false
+		}
+		r := redis.NewClient(&redis.Options{Addr: s.Nodes[1].Addr, MaxRetries: -1})
+		info, err := r.Info(ctx, "replication").Result()
+		r.Close()
+		if err != nil || !strings.Contains(info, "master_link_status:up") {
+			return false
+		}
+	}
+	return true
 }
 
 // Node is a plain client on one node.
