@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/dashboard"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/worker"
@@ -21,7 +22,7 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	drain := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long in-flight CVMs may finish after SIGTERM")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
 	debug := fs.Bool("debug", false, "log every CVM")
-	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090)")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics, /healthz and the read-only web dashboard on this address (e.g. :9090)")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
 	if err := noArgs(fs, args); err != nil {
@@ -54,7 +55,8 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	}
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
-		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, MetricsAddr: *metricsAddr})
+		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, MetricsAddr: *metricsAddr,
+		HTTPHandler: dashboard.New(dashboard.Config{RDB: rdb, Log: log})}) // read-only: actions need `rollout dashboard --token-file`
 	log.Info("worker stopped")
 	return err
 }

@@ -38,6 +38,9 @@ type Config struct {
 	ControllerInterval time.Duration
 	// MetricsAddr serves /metrics and /healthz when set (e.g. :9090).
 	MetricsAddr string
+	// HTTPHandler, when set, is served on the MetricsAddr listener for
+	// every path /metrics and /healthz do not take (the web dashboard).
+	HTTPHandler http.Handler
 	// Fetchers is how many asynq servers share Concurrency (0: Fetchers
 	// picks). See fetchers.
 	Fetchers int
@@ -143,7 +146,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 			stop()
 			return fmt.Errorf("--metrics-addr: %v", err)
 		}
-		hs := &http.Server{Handler: mx.Handler(ping), ReadHeaderTimeout: 5 * time.Second}
+		hs := &http.Server{Handler: withRest(mx.Handler(ping), cfg.HTTPHandler), ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(ln)
 		defer hs.Close()
 		cfg.Log.Info("metrics", "addr", ln.Addr().String())
@@ -164,6 +167,22 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	<-done
 	stop()
 	return nil
+}
+
+// withRest serves what the metrics mux has a route for itself, and the
+// rest with rest (when set).
+func withRest(metrics, rest http.Handler) http.Handler {
+	mux, ok := metrics.(*http.ServeMux)
+	if rest == nil || !ok {
+		return metrics
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rest.ServeHTTP(w, r)
+	})
 }
 
 func btoi(b bool) int {
