@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"unicode"
 
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/redis/go-redis/v9"
 )
 
 // Who may act, and how a browser proves it.
@@ -269,16 +271,23 @@ func (h *Handler) serveAction(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, store.ErrNotFound):
 		jsonError(w, http.StatusNotFound, err.Error())
 		return
-	case errors.Is(err, store.ErrNotAllowed):
-		jsonError(w, http.StatusConflict, err.Error())
-		return
-	case err != nil:
+	case err != nil && unreachable(err):
 		h.cfg.Log.Warn("dashboard: action failed", "action", action, "rollout", id, "err", err)
 		jsonError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	case err != nil: // control refused it: the rollout's state does not allow it now
+		jsonError(w, http.StatusConflict, err.Error())
 		return
 	}
 	h.cfg.Log.Info("dashboard: action", "action", action, "rollout", id, "by", who)
 	writeJSON(w, http.StatusOK, map[string]string{"message": "rollout " + id + ": " + msg})
+}
+
+// unreachable: err is Redis's (or the network's), not a refusal.
+func unreachable(err error) bool {
+	var re redis.Error
+	var ne net.Error
+	return errors.As(err, &re) || errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed)
 }
 
 // cause drops the path an *fs.PathError repeats.

@@ -426,5 +426,5 @@ func (h *Handler) queue(ctx context.Context) (queueView, error) {
 // isQueueNotFound: no task was ever queued (an empty queue, not an error).
 // (asynq's inspector wraps its own error type here, so the text decides.)
 func isQueueNotFound(err error) bool {
-	return errors.Is(err, asynq.ErrQueueNotFound) || strings.Contains(err.Error(), "not found")
+	return errors.Is(err, asynq.ErrQueueNotFound) || strings.Contains(err.Error(), "not found") || strings.Contains(err.Error(), "does not exist")
 }
