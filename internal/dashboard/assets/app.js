@@ -13,6 +13,7 @@ function el(tag, attrs, ...kids) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k === "class") e.className = v;
+    else if (k === "style") e.style.cssText = v; // CSSOM: allowed by the page's CSP, a style attribute is not
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : v);
   }
@@ -177,13 +178,13 @@ function rolloutPage(app, id) {
       ? "rows from position " + (v.from + 1) + " of " + v.total + (filtered ? " (read " + v.scanned + " records for this page)" : "")
       : filtered ? "no match" + (v.next >= 0 ? " in positions " + (v.from + 1) + "–" + v.next + " of " + v.total + "; Next searches on" : "") : "no CVMs");
     const urls = (l) => (l && l.length ? l.join(" ") : "—");
+    const url = (l) => el("td", { class: "url", title: urls(l) }, urls(l));
     fill($("cvms"), el("table", { id: "cvm-table" },
       el("thead", {}, el("tr", {}, ["CVM", "Name", "Stage", "State", "Attempts", "Reason", "Before KMS", "Before gateway", "Applied KMS", "Applied gateway", "HTTP", "Worker"].map((h) => el("th", {}, h)))),
       el("tbody", {}, v.rows.map((r) => el("tr", { "data-cvm": r.cvm_id },
         el("td", {}, r.cvm_id), el("td", {}, r.name), el("td", { class: "num" }, r.stage >= 0 ? r.stage + 1 : "—"), el("td", {}, badge(r.state)),
-        el("td", { class: "num" }, r.attempts), el("td", {}, r.reason || ""),
-        el("td", { class: "url" }, urls(r.previous_kms_urls)), el("td", { class: "url" }, urls(r.previous_gateway_urls)),
-        el("td", { class: "url" }, urls(r.applied_kms_urls)), el("td", { class: "url" }, urls(r.applied_gateway_urls)),
+        el("td", { class: "num" }, r.attempts), el("td", { class: "reason" }, r.reason || ""),
+        url(r.previous_kms_urls), url(r.previous_gateway_urls), url(r.applied_kms_urls), url(r.applied_gateway_urls),
         el("td", { class: "num" }, r.http_status || ""), el("td", {}, r.worker || ""))))));
   }
 
@@ -202,11 +203,13 @@ function rolloutPage(app, id) {
       STATES.map((s) => card(s, el("span", { id: "count-" + s }, v.counts[s] || 0), null, "card-" + s)),
       b ? card("failure budget", b.failed + "/" + (b.max_failed + 1), b.left + " more allowed; " + b.action + " at " + (b.max_failed + 1) +
         " once " + b.min_executed + " executed (" + b.executed + " now)", "card-budget") : card("failure budget", "none", "", "card-budget"),
-      card("speed", num(r.cvms_per_second, 1) + " CVMs/s", "ETA " + (r.eta_seconds === undefined ? "—" : dur(r.eta_seconds)), "card-speed"),
-      card("rate", r.adaptive_rate !== undefined ? num(r.adaptive_rate, 1) + " req/s" : "—",
-        "limit " + (r.limit_per_second ? num(r.limit_per_second, 1) + " req/s" : "workers' default") +
-        (r.adaptive ? (r.adaptive_rate !== undefined ? "; adaptive rate now" : "; adaptive, no throttling seen") : "; adaptive off") +
-        (r.adaptive_reason ? "; " + r.adaptive_reason : ""), "card-rate"),
+      card("speed", v.state === "running" ? num(r.cvms_per_second, 1) + " CVMs/s" : "—",
+        "ETA " + (r.eta_seconds === undefined ? "—" : dur(r.eta_seconds)), "card-speed"),
+      // The rate now: the adaptive limiter's when it has lowered it, else the file's limit.
+      card("rate now", r.adaptive_rate !== undefined ? num(r.adaptive_rate, 1) + " req/s" : r.limit_per_second ? num(r.limit_per_second, 1) + " req/s" : "default",
+        "limit " + (r.limit_per_second ? num(r.limit_per_second, 1) + " req/s" : "the workers' default") +
+        (!r.adaptive ? "; adaptive off" : r.adaptive_rate !== undefined ? "; set by the adaptive limiter" : "; adaptive: no throttling seen") +
+        (r.adaptive_reason ? " (" + r.adaptive_reason + ")" : ""), "card-rate"),
       card("in flight", r.in_flight, "limit " + (r.max_in_flight || "workers' default"), "card-inflight"));
     fill($("stages"), v.stages.map((s) => el("div", { class: "stage" + (s.current ? " current" : ""), id: "stage-" + s.index },
       el("div", {}, el("strong", {}, (s.index + 1) + " " + s.name), el("div", { class: "muted" }, s.size + " to patch" +
@@ -237,10 +240,18 @@ function rolloutPage(app, id) {
   function drawActions(v) {
     const box = $("actions");
     if (!session.writable || !session.signed_in) return fill(box);
-    const reason = $("action-reason") || el("input", { id: "action-reason", placeholder: "reason (pause, cancel)", size: 28 });
-    const msg = $("action-msg") || el("span", { class: "msg", id: "action-msg" });
+    // The reason input and the message stay put across redraws (focus and
+    // typing survive a tick); only the buttons follow the state.
+    if (!$("action-buttons")) {
+      fill(box, el("span", { id: "action-buttons", class: "actions" }), el("input", { id: "action-reason", placeholder: "reason (pause, cancel)", size: 28 }),
+        el("span", { class: "msg", id: "action-msg" }));
+    }
+    const reason = $("action-reason"), msg = $("action-msg");
     const label = { pause: "Pause", resume: "Resume", cancel: "Cancel", promote: "Promote", retry: "Retry failed" };
-    fill(box, v.actions.map((a) => el("button", { id: "btn-" + a, class: a === "cancel" ? "danger" : "", onclick: async (ev) => {
+    const want = v.actions.join(",");
+    if ($("action-buttons").dataset.actions === want) return;
+    $("action-buttons").dataset.actions = want;
+    fill($("action-buttons"), v.actions.map((a) => el("button", { id: "btn-" + a, class: a === "cancel" ? "danger" : "", onclick: async (ev) => {
       if (a === "cancel" && !confirm("Cancel rollout " + v.id + "? CVMs not started become cancelled.")) return;
       ev.target.disabled = true;
       try {
@@ -249,7 +260,7 @@ function rolloutPage(app, id) {
         reason.value = "";
       } catch (e) { msg.className = "msg err"; fill(msg, e.message); }
       ev.target.disabled = false;
-    } }, label[a])), reason, msg);
+    } }, label[a])));
   }
 
   redraw = () => { if (last) draw(last); };
