@@ -36,8 +36,12 @@ type syncBuffer struct {
 	b  strings.Builder
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func TestDashboardCommandServes(t *testing.T) {
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 1})
@@ -51,7 +55,9 @@ func TestDashboardCommandServes(t *testing.T) {
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, e, []string{"dashboard", "--addr", "127.0.0.1:0", "--token-file", p, "--tick", "200ms"}) }()
+	go func() {
+		done <- Run(ctx, e, []string{"dashboard", "--addr", "127.0.0.1:0", "--token-file", p, "--tick", "200ms"})
+	}()
 	addr := regexp.MustCompile(`http://(127\.0\.0\.1:\d+)/`)
 	var url string
 	for deadline := time.Now().Add(10 * time.Second); url == ""; {

@@ -138,6 +138,19 @@ func TestBrowserDashboard(t *testing.T) {
 		t.Errorf("page counts %v at the gate, store %v", got, r.Counts)
 	}
 
+	// The rollouts list and the queue page, while the worker is up.
+	if err := chromedp.Do(ctx, chromedp.Navigate(ro.URL+"/")); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ctx, 5*time.Second, "the rollout in the list", `!!document.querySelector('tr[data-id="`+id+`"]')`)
+	if err := chromedp.Do(ctx, chromedp.Navigate(ro.URL+"/queue")); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ctx, 10*time.Second, "a live worker on the queue page", `!!document.querySelector("#worker-table tbody tr")`)
+	if err := chromedp.Do(ctx, chromedp.Navigate(ro.URL+"/rollouts/"+id), chromedp.WaitVisible(chromedp.CSS("#cvm-q"))); err != nil {
+		t.Fatal(err)
+	}
+
 	// The per-CVM search finds a CVM by name.
 	want := p.Items[len(p.Items)-1]
 	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.CSS("#cvm-q"), want.Name)); err != nil {
@@ -182,20 +195,7 @@ func TestScreenshots(t *testing.T) {
 	}
 	ctx := browser(t)
 	dir, _ := filepath.Abs(*screenshots)
-	shoot := func(url, file string) {
-		t.Helper()
-		if err := chromedp.Do(ctx, chromedp.Navigate(url), chromedp.WaitVisible(chromedp.CSS("#count-pending")), chromedp.Sleep(700*time.Millisecond)); err != nil {
-			t.Fatal(err)
-		}
-		png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()) // the window: what a person sees first
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, file), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s (%d bytes)", filepath.Join(dir, file), len(png))
-	}
+	shoot := func(url, file string) { t.Helper(); shootPage(t, ctx, url, "#count-pending", filepath.Join(dir, file)) }
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 1500, Seed: 5})
 	b.Sim.SetFaults(sim.Faults{Latency: 60 * time.Millisecond})
 	srv := httptest.NewServer(New(Config{RDB: b.RDB, Tick: 250 * time.Millisecond}))
@@ -214,10 +214,10 @@ func TestScreenshots(t *testing.T) {
 	}
 	waitDone(t, b, p.ID, 300)
 	shoot(srv.URL+"/rollouts/"+p.ID, "dashboard-rollout.png")
-	if _, err := b.Control().Cancel(context.Background(), p.ID, "alice@ops", "screenshot taken", time.Now()); err != nil {
-		t.Fatal(err)
+	if os.Getenv("DASHBOARD_MORE_SHOTS") != "" { // the other pages, to look at; not committed
+		shootPage(t, ctx, srv.URL+"/queue", "#q-pending", filepath.Join(dir, "dashboard-queue.png"))
+		shootPage(t, ctx, srv.URL+"/", "#list tr", filepath.Join(dir, "dashboard-list.png"))
 	}
-	b.WaitState(t, p.ID, 10*time.Second, store.RolloutCancelled)
 	stop()
 
 	// Paused by the budget: a second rollout whose PATCHes fail often.
@@ -233,6 +233,22 @@ func TestScreenshots(t *testing.T) {
 	b2.WaitState(t, p2.ID, 20*time.Second, store.RolloutPaused)
 	time.Sleep(time.Second) // the in-flight CVMs finish
 	shoot(srv2.URL+"/rollouts/"+p2.ID, "dashboard-paused.png")
+}
+
+// shootPage writes a PNG of the browser window once sel shows on url.
+func shootPage(t *testing.T, ctx context.Context, url, sel, path string) {
+	t.Helper()
+	if err := chromedp.Do(ctx, chromedp.Navigate(url), chromedp.WaitVisible(chromedp.CSS(sel)), chromedp.Sleep(700*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()) // the window: what a person sees first
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %s (%d bytes)", path, len(png))
 }
 
 func waitStageDone(t *testing.T, b *testutil.Bundle, id string, stage int) {

@@ -274,6 +274,20 @@ function rolloutPage(app, id) {
 
 // ---- queue and workers ----
 
+// held sums a worker's tasks by rollout: how many, a few CVM ids, the oldest.
+function held(tasks, now) {
+  const by = new Map();
+  for (const t of tasks) {
+    const g = by.get(t.rollout) || { n: 0, ids: [], oldest: t.started };
+    g.n++;
+    if (g.ids.length < 4) g.ids.push(t.cvm_id);
+    if (Date.parse(t.started) < Date.parse(g.oldest)) g.oldest = t.started;
+    by.set(t.rollout, g);
+  }
+  return [...by].map(([r, g]) => el("div", {}, el("a", { href: "/rollouts/" + encodeURIComponent(r) }, r), ": " + g.n + " CVM" + (g.n > 1 ? "s" : "") +
+    " (" + g.ids.join(", ") + (g.n > g.ids.length ? ", …" : "") + "), oldest " + age(g.oldest, now)));
+}
+
 function queuePage(app) {
   fill(app, el("h1", {}, "Queue & workers"), el("div", { id: "status" }), el("div", { class: "cards", id: "qcards" }),
     el("h2", {}, "Workers (asynq heartbeats)"), el("div", { id: "workers" }),
@@ -289,7 +303,7 @@ function queuePage(app) {
     fill($("workers"), v.workers.length ? el("table", { id: "worker-table" }, el("thead", {}, el("tr", {}, ["Host", "PID", "Status", "Concurrency", "Started", "Holds (rollout / CVM, since)"].map((h) => el("th", {}, h)))),
       el("tbody", {}, v.workers.map((w) => el("tr", {}, el("td", {}, w.host), el("td", { class: "num" }, w.pid), el("td", {}, w.status),
         el("td", { class: "num" }, w.tasks.length + "/" + w.concurrency), el("td", {}, clock(w.started) + " (" + age(w.started, v.now) + " ago)"),
-        el("td", {}, w.tasks.length ? w.tasks.map((t) => el("div", {}, t.rollout + " / " + t.cvm_id + " (" + age(t.started, v.now) + ")")) : "—")))))
+        el("td", {}, w.tasks.length ? held(w.tasks, v.now) : "—")))))
       : el("p", { class: "msg err" }, "No worker is running: no rollout moves until one starts (rollout worker)."));
     fill($("holders"), v.holders.length ? el("table", {}, el("thead", {}, el("tr", {}, ["Worker", "Heartbeat", "Rollout", "CVMs"].map((h) => el("th", {}, h)))),
       el("tbody", {}, v.holders.map((h) => el("tr", {}, el("td", {}, h.worker), el("td", {}, h.alive ? "alive, renews within " + dur(h.heartbeat_ttl_seconds) : el("span", { class: "msg err" }, "gone")),
