@@ -114,30 +114,38 @@ func (s *Store) CVMs(ctx context.Context, id string, q CVMQuery) (CVMPage, error
 			return page, nil
 		}
 	}
-	keep := func(r CVMRecord) bool {
-		if q.State != "" && r.State != q.State {
+	filtered := match != "" || q.State != ""
+	keep := func(cvm, name, state, reason string) bool {
+		if q.State != "" && CVMState(state) != q.State {
 			return false
 		}
-		return match == "" || strings.Contains(strings.ToLower(r.CVMID), match) ||
-			strings.Contains(strings.ToLower(r.Name), match) || strings.Contains(strings.ToLower(r.Reason), match)
+		return match == "" || strings.Contains(strings.ToLower(cvm), match) ||
+			strings.Contains(strings.ToLower(name), match) || strings.Contains(strings.ToLower(reason), match)
 	}
 	step := q.Limit
-	if match != "" || q.State != "" {
+	if filtered {
 		step = chunk
 	}
 	pos := q.From
-	for pos < int(total) && len(page.Rows) < q.Limit && (page.Scanned == 0 || page.Scanned < ScanBudget) {
-		ids, err := s.rdb.LRange(ctx, OrderKey(id), int64(pos), int64(pos+step-1)).Result()
+	var ids []string // the page's CVMs
+	for pos < int(total) && len(ids) < q.Limit && page.Scanned < ScanBudget {
+		part, err := s.rdb.LRange(ctx, OrderKey(id), int64(pos), int64(pos+step-1)).Result()
 		if err != nil {
 			return CVMPage{}, err
 		}
-		if len(ids) == 0 {
+		if len(part) == 0 {
 			break
 		}
+		if !filtered {
+			ids, pos, page.Scanned = part, pos+len(part), len(part)
+			break
+		}
+		// Filtering reads only the fields it looks at; the page's rows
+		// are read whole below.
 		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.MapStringStringCmd, len(ids))
-		for i, cvm := range ids {
-			cmds[i] = pipe.HGetAll(ctx, CVMKey(id, cvm))
+		cmds := make([]*redis.SliceCmd, len(part))
+		for i, cvm := range part {
+			cmds[i] = pipe.HMGet(ctx, CVMKey(id, cvm), "name", "state", "reason")
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return CVMPage{}, err
@@ -145,9 +153,9 @@ func (s *Store) CVMs(ctx context.Context, id string, q CVMQuery) (CVMPage, error
 		for i, c := range cmds {
 			pos++
 			page.Scanned++
-			if r := parseRecord(ids[i], c.Val()); keep(r) {
-				page.Rows = append(page.Rows, r)
-				if len(page.Rows) == q.Limit {
+			v := c.Val()
+			if keep(part[i], asString(v[0]), asString(v[1]), asString(v[2])) {
+				if ids = append(ids, part[i]); len(ids) == q.Limit {
 					break
 				}
 			}
@@ -156,7 +164,27 @@ func (s *Store) CVMs(ctx context.Context, id string, q CVMQuery) (CVMPage, error
 	if pos < int(total) {
 		page.Next = pos
 	}
+	if len(ids) == 0 {
+		return page, nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	for i, cvm := range ids {
+		cmds[i] = pipe.HGetAll(ctx, CVMKey(id, cvm))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return CVMPage{}, err
+	}
+	for i, c := range cmds {
+		page.Rows = append(page.Rows, parseRecord(ids[i], c.Val()))
+	}
 	return page, nil
+}
+
+// asString is an HMGET answer's field ("" when missing).
+func asString(v any) string {
+	s, _ := v.(string)
+	return s
 }
 
 // Holders is the rollout's in-flight slot holders a heartbeat vouches for,
