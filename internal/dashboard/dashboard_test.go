@@ -432,3 +432,99 @@ func TestWorkerServesDashboard(t *testing.T) {
 		t.Errorf("/api/queue: %d %.200s", code, body)
 	}
 }
+
+// Every button is one control operation, recorded as dashboard:NAME.
+func TestActionsGoThroughControl(t *testing.T) {
+	r := newRig(t, 30, testToken)
+	ctx := context.Background()
+	now := r.clock.Now()
+	for i := 1; i <= 10; i++ { // the canary: done, one failed
+		cvm := fmt.Sprintf("cvm_%08d", i)
+		r.st.Move(ctx, r.id, cvm, store.Running, store.ModeBegin, now)
+		to := store.Succeeded
+		if i == 4 {
+			to = store.Failed
+		}
+		if _, err := r.st.Move(ctx, r.id, cvm, to, store.ModeFinish, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newClient(t, r.srv)
+	if code := c.login(testToken, "bob"); code != 200 {
+		t.Fatalf("login: %d", code)
+	}
+	act := func(a string) string {
+		t.Helper()
+		code, v := c.do("POST", "/api/rollouts/"+r.id+"/"+a, url.Values{"reason": {"by the book"}}, map[string]string{"X-CSRF-Token": c.csrf})
+		if code != 200 {
+			t.Fatalf("%s: %d %v", a, code, v)
+		}
+		ev, _ := r.st.Events(ctx, r.id, 1)
+		if len(ev) != 1 || ev[0].By != "dashboard:bob" {
+			t.Fatalf("%s: last event %+v", a, ev)
+		}
+		return v["message"].(string) + " | " + ev[0].What
+	}
+	if got := act("promote"); !strings.Contains(got, "stage 1 (canary) promoted") {
+		t.Errorf("promote: %s", got)
+	}
+	if got := act("retry"); !strings.Contains(got, "1 failed CVMs queued again") {
+		t.Errorf("retry: %s", got)
+	}
+	if ro, _ := r.st.Get(ctx, r.id); ro.Counts[store.Failed] != 0 || ro.Promoted != 0 {
+		t.Errorf("after promote and retry: failed %d, promoted %d", ro.Counts[store.Failed], ro.Promoted)
+	}
+	act("pause")
+	if got := act("resume"); !strings.Contains(got, "paused -> running") {
+		t.Errorf("resume: %s", got)
+	}
+	if got := act("cancel"); !strings.Contains(got, "running -> cancelled") || !strings.Contains(got, "by the book") {
+		t.Errorf("cancel: %s", got)
+	}
+	if st, _ := r.state(t); st != store.RolloutCancelled {
+		t.Errorf("state %s after cancel", st)
+	}
+	if code, _ := c.do("POST", "/api/rollouts/"+r.id+"/explode", url.Values{}, map[string]string{"X-CSRF-Token": c.csrf}); code != 404 {
+		t.Errorf("unknown action: %d, want 404", code)
+	}
+}
+
+// The session cookie cannot be read by scripts or sent cross-site, and the
+// page forbids what it does not need.
+func TestCookieAndHeaders(t *testing.T) {
+	r := newRig(t, 5, testToken)
+	req, _ := http.NewRequest("POST", r.srv.URL+"/api/login", strings.NewReader(url.Values{"token": {testToken}, "name": {"eve"}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := r.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ck := resp.Header.Get("Set-Cookie")
+	if !strings.Contains(ck, "HttpOnly") || !strings.Contains(ck, "SameSite=Strict") || strings.Contains(ck, testToken) {
+		t.Errorf("Set-Cookie %q", ck)
+	}
+	resp, err = r.srv.Client().Get(r.srv.URL + "/rollouts/" + r.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") || !strings.Contains(csp, "frame-ancestors 'none'") {
+		t.Errorf("CSP %q", csp)
+	}
+	if strings.Contains(string(body), "http://") || strings.Contains(string(body), "https://") {
+		t.Errorf("the page loads something from elsewhere:\n%s", body)
+	}
+	for _, asset := range []string{"/static/app.js", "/static/style.css"} {
+		resp, err := r.srv.Client().Get(r.srv.URL + asset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(b) < 1000 || strings.Contains(string(b), "https://") {
+			t.Errorf("%s: %d, %d bytes", asset, resp.StatusCode, len(b))
+		}
+	}
+}
