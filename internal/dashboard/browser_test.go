@@ -197,7 +197,7 @@ func TestScreenshots(t *testing.T) {
 	dir, _ := filepath.Abs(*screenshots)
 	shoot := func(url, file string) { t.Helper(); shootPage(t, ctx, url, "#count-pending", filepath.Join(dir, file)) }
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 1500, Seed: 5})
-	b.Sim.SetFaults(sim.Faults{Latency: 60 * time.Millisecond})
+	b.Sim.SetFaults(sim.Faults{Latency: 60 * time.Millisecond, RateLimit: 110}) // 429s: the adaptive rate comes down
 	srv := httptest.NewServer(New(Config{RDB: b.RDB, Tick: 250 * time.Millisecond}))
 	defer srv.Close()
 
@@ -223,7 +223,7 @@ func TestScreenshots(t *testing.T) {
 	// Paused by the budget: a second rollout whose PATCHes fail often.
 	b2 := testutil.Setup(t, sim.FleetOptions{CVMs: 600, Seed: 6})
 	b2.Sim.SetFaults(sim.Faults{Latency: 20 * time.Millisecond})
-	p2 := b2.Apply(t, strings.Replace(fmt.Sprintf(browserFile, 3), "count: 6, promote: manual", "count: 60", 1))
+	p2 := b2.Apply(t, strings.Replace(strings.Replace(fmt.Sprintf(browserFile, 3), "count: 6, promote: manual", "count: 60", 1), "max_in_flight: 2", "max_in_flight: 4, per_second: 40", 1))
 	for i := 0; i < len(p2.Items); i += 9 {
 		b2.Sim.FailPatch(p2.Items[i].CVMID, 422)
 	}

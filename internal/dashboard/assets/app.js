@@ -202,13 +202,14 @@ function rolloutPage(app, id) {
     fill($("cards"),
       card("progress", v.done + "/" + v.total, "CVMs done", "card-progress"),
       STATES.map((s) => card(s, el("span", { id: "count-" + s }, v.counts[s] || 0), null, "card-" + s)),
-      b ? card("failure budget", b.failed + "/" + (b.max_failed + 1), b.left + " more allowed; " + b.action + " at " + (b.max_failed + 1) +
-        " once " + b.min_executed + " executed (" + b.executed + " now)", "card-budget") : card("failure budget", "none", "", "card-budget"),
+      b ? card("failure budget", el("span", { id: "budget-used" }, "used " + b.failed + " · left " + b.left),
+        "max_failed " + b.max_failed + ": " + b.action + " at failure " + (b.max_failed + 1) + " once " + b.min_executed + " executed (" + b.executed + " now)", "card-budget")
+        : card("failure budget", "none", "", "card-budget"),
       card("speed", v.state === "running" ? num(r.cvms_per_second, 1) + " CVMs/s" : "—",
         "ETA " + (r.eta_seconds === undefined ? "—" : dur(r.eta_seconds)), "card-speed"),
       // The rate now: the adaptive limiter's when it has lowered it, else the file's limit.
-      card("rate now", r.adaptive_rate !== undefined ? num(r.adaptive_rate, 1) + " req/s" : r.limit_per_second ? num(r.limit_per_second, 1) + " req/s" : "default",
-        "limit " + (r.limit_per_second ? num(r.limit_per_second, 1) + " req/s" : "the workers' default") +
+      card("rate now", r.adaptive_rate !== undefined ? num(r.adaptive_rate, 1) + " req/s" : r.limit_per_second ? num(r.limit_per_second, 1) + " req/s" : "workers' default",
+        (r.limit_per_second ? "limit " + num(r.limit_per_second, 1) + " req/s" : "no rate in the file") +
         (!r.adaptive ? "; adaptive off" : r.adaptive_rate !== undefined ? "; set by the adaptive limiter" : "; adaptive: no throttling seen") +
         (r.adaptive_reason ? " (" + r.adaptive_reason + ")" : ""), "card-rate"),
       card("in flight", r.in_flight, "limit " + (r.max_in_flight || "workers' default"), "card-inflight"));
