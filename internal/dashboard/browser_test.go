@@ -159,6 +159,16 @@ func TestBrowserDashboard(t *testing.T) {
 	until(t, ctx, 5*time.Second, "search for "+want.Name,
 		`(() => { const rows = document.querySelectorAll("#cvm-table tbody tr"); return rows.length === 1 && rows[0].dataset.cvm === "`+want.CVMID+`"; })()`)
 
+	// Paging on the server: Next shows plan positions 51 to 100.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { const q = document.getElementById("cvm-q"); q.value = ""; return q.dispatchEvent(new Event("input")); })()`)); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ctx, 5*time.Second, "the unfiltered first page", `document.querySelectorAll("#cvm-table tbody tr").length === 50`)
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#cvm-next"))); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ctx, 5*time.Second, "the second page", `document.querySelector("#cvm-table tbody tr").dataset.cvm === "`+p.Items[50].CVMID+`"`)
+
 	// With the token: sign in, Pause; Redis says paused, the trail says who.
 	if err := chromedp.Do(ctx, chromedp.Navigate(rw.URL+"/rollouts/"+id), chromedp.WaitVisible(chromedp.CSS("#login-token"))); err != nil {
 		t.Fatal(err)
