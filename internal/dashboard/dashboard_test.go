@@ -337,6 +337,9 @@ func TestRolloutViewWaitBudgetRate(t *testing.T) {
 	r := newRig(t, 30, "")
 	ctx := context.Background()
 	now := r.clock.Now()
+	if v, err := r.h.rollout(ctx, r.id); err != nil || strings.Join(v.Actions, ",") != "pause,cancel" || v.Wait.Kind != "" {
+		t.Fatalf("a fresh rollout: actions %v, wait %+v, err %v", v.Actions, v.Wait, err)
+	}
 	// Finish the canary: 9 succeeded, 1 failed.
 	for i := 1; i <= 10; i++ {
 		cvm := fmt.Sprintf("cvm_%08d", i)

@@ -251,7 +251,8 @@ func actions(r *store.Rollout) []string {
 	}
 	if !r.State.Finished() {
 		out = append(out, "cancel")
-		if r.Stage < len(r.Stages)-1 && r.Promoted < r.Stage {
+		// control.Promote's rule: a finished stage that is not the last.
+		if r.Stage < len(r.Stages)-1 && r.Promoted < r.Stage && r.Stages[r.Stage].Left() == 0 {
 			out = append(out, "promote")
 		}
 	}
@@ -287,6 +288,11 @@ func (s *speed) observe(id string, now time.Time, done int, running bool) float6
 	}
 	if s.samples == nil {
 		s.samples = map[string][]sample{}
+	}
+	for k, l := range s.samples { // rollouts nobody looks at any more
+		if now.Sub(l[len(l)-1].at) > 2*speedWindow {
+			delete(s.samples, k)
+		}
 	}
 	l := append(s.samples[id], sample{now, done})
 	for len(l) > 1 && now.Sub(l[0].at) > speedWindow {
