@@ -371,7 +371,8 @@ func TestRolloutViewWaitBudgetRate(t *testing.T) {
 	if strings.Join(v.Actions, ",") != "pause,cancel,promote,retry" {
 		t.Errorf("actions %v", v.Actions)
 	}
-	// CVMs/s from the snapshots over time: 20 more done in 10 s.
+	// CVMs/s from the snapshots over time: from 0 done at the first
+	// snapshot to 20 done 10 s later, 10 left.
 	r.clock.Add(10 * time.Second)
 	for i := 11; i <= 30; i++ {
 		cvm := fmt.Sprintf("cvm_%08d", i)
@@ -381,8 +382,8 @@ func TestRolloutViewWaitBudgetRate(t *testing.T) {
 		}
 	}
 	v, _ = r.h.rollout(ctx, r.id)
-	if v.Rate.CVMsPerSecond != 1 || v.Rate.ETASeconds == nil || *v.Rate.ETASeconds != 10 {
-		t.Errorf("speed %v eta %v, want 1 CVM/s and 10s", v.Rate.CVMsPerSecond, v.Rate.ETASeconds)
+	if v.Rate.CVMsPerSecond != 2 || v.Rate.ETASeconds == nil || *v.Rate.ETASeconds != 5 {
+		t.Errorf("speed %v eta %v, want 2 CVMs/s and 5s", v.Rate.CVMsPerSecond, v.Rate.ETASeconds)
 	}
 	// A bake: a stage done at T with bake 30s waits until T+30s.
 	bake := wait(&store.Rollout{State: store.RolloutRunning, Promoted: -1, Stages: []store.Stage{
