@@ -14,6 +14,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
 )
@@ -158,6 +159,22 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	until(t, ctx, 5*time.Second, "search for "+want.Name,
 		`(() => { const rows = document.querySelectorAll("#cvm-table tbody tr"); return rows.length === 1 && rows[0].dataset.cvm === "`+want.CVMID+`"; })()`)
+
+	// A patched canary CVM's row has its before and applied URLs.
+	var canary string
+	for _, it := range p.Items {
+		if it.Action == plan.Patch && it.Stage == 0 {
+			if rec, _ := b.Store.Record(bg, id, it.CVMID); rec.State == store.Succeeded {
+				canary = it.CVMID
+				break
+			}
+		}
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { const q = document.getElementById("cvm-q"); q.value = "`+canary+`"; return q.dispatchEvent(new Event("input")); })()`)); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ctx, 5*time.Second, "the before and applied URLs of "+canary,
+		`(() => { const r = document.querySelector('#cvm-table tr[data-cvm="`+canary+`"]'); return !!r && r.textContent.includes("https://kms-new.example:8000") && r.textContent.includes("kms-old"); })()`)
 
 	// Paging on the server: Next shows plan positions 51 to 100.
 	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { const q = document.getElementById("cvm-q"); q.value = ""; return q.dispatchEvent(new Event("input")); })()`)); err != nil {
