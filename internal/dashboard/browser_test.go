@@ -74,18 +74,19 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return strings.TrimSpace(s)
 }
 
-// countsShown reads the page's per-state count cards.
+// countsShown reads the page's per-state count cards, in one evaluation
+// (the page redraws them every tick).
 func countsShown(t *testing.T, ctx context.Context) map[store.CVMState]int {
 	t.Helper()
-	out := map[store.CVMState]int{}
-	for _, s := range store.CVMStates {
-		n, err := strconv.Atoi(text(t, ctx, "#count-"+string(s)))
-		if err != nil {
-			t.Fatalf("count of %s: %v", s, err)
-		}
-		out[s] = n
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[map[store.CVMState]int](
+		`Object.fromEntries([...document.querySelectorAll("[id^=count-]")].map((e) => [e.id.slice(6), Number(e.textContent)]))`))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	if len(got) != len(store.CVMStates) {
+		t.Fatalf("count cards: %v", got)
+	}
+	return got
 }
 
 const browserFile = `name: browser
