@@ -161,15 +161,18 @@ function rolloutPage(app, id) {
       el("div", {}, el("h2", {}, "Audit trail"), el("div", { id: "events" }))),
     el("h2", {}, "CVMs"), el("div", { class: "pager" }, q, state, el("span", { id: "cvm-info", class: "muted" })),
     el("div", { id: "cvms" }),
-    el("div", { class: "pager" }, el("button", { id: "cvm-prev", onclick: () => { if (table.back.length) { table.from = table.back.pop(); loadCVMs(); } } }, "‹ Prev"),
-      el("button", { id: "cvm-next", onclick: () => { if (table.next >= 0) { table.back.push(table.from); table.from = table.next; loadCVMs(); } } }, "Next ›")));
+    // A click on Prev/Next wins over a search still waiting out its debounce.
+    el("div", { class: "pager" }, el("button", { id: "cvm-prev", onclick: () => { clearTimeout(table.t); if (table.back.length) { table.from = table.back.pop(); loadCVMs(); } } }, "‹ Prev"),
+      el("button", { id: "cvm-next", onclick: () => { clearTimeout(table.t); if (table.next >= 0) { table.back.push(table.from); table.from = table.next; loadCVMs(); } } }, "Next ›")));
 
   let last = null, fetchedAt = 0;
   async function loadCVMs() {
     const p = new URLSearchParams({ from: table.from, limit: table.limit });
     if (q.value.trim()) p.set("q", q.value.trim());
     if (state.value) p.set("state", state.value);
+    const seq = table.seq = (table.seq || 0) + 1;
     const v = await getJSON("/api/rollouts/" + encodeURIComponent(id) + "/cvms?" + p);
+    if (seq !== table.seq) return; // a newer load (a click, a keystroke) went out meanwhile
     table.loadedAt = Date.now();
     table.next = v.next;
     $("cvm-prev").disabled = !table.back.length;
