@@ -22,15 +22,20 @@ func runDashboard(ctx context.Context, e *Env, args []string) error {
 	tokenFile := fs.String("token-file", "", "file (mode 0600) holding the token that allows actions; without it the dashboard is read-only")
 	name := fs.String("name", "", "operator name the sign-in form starts with (the audit trail says dashboard:NAME)")
 	tick := fs.Duration("tick", time.Second, "how often pages refresh (and Redis is read, once for all viewers)")
+	var lf logFlags // a long-running command: --log-format like worker's
+	lf.register(fs, false)
 	if err := noArgs(fs, args); err != nil {
 		return err
+	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return fmt.Errorf("dashboard: %w", err)
 	}
 	if *tick < 100*time.Millisecond {
 		return fmt.Errorf("dashboard: --tick %s: at least 100ms", *tick)
 	}
 	var token string
 	if *tokenFile != "" {
-		var err error
 		if token, err = dashboard.LoadToken(*tokenFile); err != nil {
 			return fmt.Errorf("dashboard: %w", err)
 		}
@@ -44,7 +49,6 @@ func runDashboard(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("dashboard: --addr: %v", err)
 	}
-	log := logger(e, false)
 	h := dashboard.New(dashboard.Config{RDB: rdb, Tick: *tick, Token: token, Name: *name, Log: log})
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	mode := "read-only (--token-file allows actions)"

@@ -171,6 +171,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !h.auth.tokenOK(r.PostFormValue("token")) {
+		h.cfg.Log.Warn("dashboard: sign-in refused: wrong token", "remote", r.RemoteAddr)
 		jsonError(w, http.StatusUnauthorized, "wrong token")
 		return
 	}
@@ -206,6 +207,7 @@ func (h *Handler) operator(r *http.Request) (string, int, error) {
 	}
 	if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
 		if !h.auth.tokenOK(bearer) {
+			h.cfg.Log.Warn("dashboard: action refused: wrong bearer token", "remote", r.RemoteAddr, "path", r.URL.Path)
 			return "", http.StatusUnauthorized, errors.New("wrong token")
 		}
 		name, err := cleanName(r.Header.Get("X-Operator"))

@@ -1,9 +1,11 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -79,6 +81,8 @@ func TestReadOnlyRefusesActions(t *testing.T) {
 
 func TestWrongTokenIs401AndChangesNothing(t *testing.T) {
 	r := newRig(t, 20, testToken)
+	var logs bytes.Buffer
+	r.h.cfg.Log = slog.New(slog.NewTextHandler(&logs, nil))
 	before, events := r.state(t)
 	c := newClient(t, r.srv)
 	if code := c.login("wrong-token-0000000000", "mallory"); code != http.StatusUnauthorized {
@@ -97,6 +101,10 @@ func TestWrongTokenIs401AndChangesNothing(t *testing.T) {
 	after, eventsAfter := r.state(t)
 	if after != before || eventsAfter != events {
 		t.Errorf("after 401s: state %s (was %s), %d events (was %d)", after, before, eventsAfter, events)
+	}
+	// Refusals are logged, tokens never.
+	if l := logs.String(); !strings.Contains(l, "sign-in refused") || strings.Contains(l, "wrong-token") || strings.Contains(l, testToken) {
+		t.Errorf("logs:\n%s", l)
 	}
 }
 
@@ -408,8 +416,8 @@ func TestWorkerServesDashboard(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		worker.Run(ctx, b.RDB, worker.Config{Concurrency: 2, API: b.API, MetricsAddr: addr, ControllerInterval: 50 * time.Millisecond,
-			HTTPHandler: New(Config{RDB: b.RDB})})
+		worker.Run(ctx, b.RDB, worker.Config{Concurrency: 2, API: b.API, HTTPAddr: addr, ControllerInterval: 50 * time.Millisecond,
+			Root: New(Config{RDB: b.RDB})})
 	}()
 	defer func() { cancel(); <-done }()
 	get := func(p string) (int, string) {
