@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,26 +29,13 @@ func TestDashboardRefusesAReadableTokenFile(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe to read while the command writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 func TestDashboardCommandServes(t *testing.T) {
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 1})
 	p := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(p, []byte("0123456789abcdef-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var errb syncBuffer
+	var errb lockedBuffer // logs_test.go
 	e := &Env{Stdout: io.Discard, Stderr: &errb, Stdin: strings.NewReader(""), Getenv: func(k string) string {
 		return map[string]string{"REDIS_URL": b.RedisURL}[k]
 	}}
