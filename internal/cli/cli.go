@@ -60,6 +60,7 @@ func commands() []command {
 		{"rollback", "rollback ID [--dry-run] [--yes]         give every CVM a rollout changed its before-image back", runRollback},
 		{"worker", "worker [--concurrency N]                process tasks (same as cmd/worker)", RunWorker},
 		{"workers", "workers [-o table|json]                 live worker processes and the queue's depth", runWorkers},
+		{"dashboard", "dashboard [--addr A] [--token-file F]   the web dashboard (read-only without a token file)", runDashboard},
 		{"sim", "sim [--addr 127.0.0.1:8090] [--cvms N]  serve the API simulator", runSim},
 		{"demo", "demo [--cvms N]                         the whole job in one process, no setup", runDemo},
 		{"bench", "bench --redis URL [--only ...] [--n ...]  measure throughput and memory (FLUSHes that Redis db)", runBench},

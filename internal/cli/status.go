@@ -77,15 +77,7 @@ type Status struct {
 
 func statusJSON(r *store.Rollout) Status { return Status{Rollout: r, Done: done(r.Counts)} }
 
-func done(c map[store.CVMState]int) int {
-	n := 0
-	for st, v := range c {
-		if st.Terminal() {
-			n += v
-		}
-	}
-	return n
-}
+func done(c map[store.CVMState]int) int { return store.DoneOf(c) }
 
 // outcome is the exit status of a watched rollout: an error line unless it
 // completed with no failed CVM, so scripts can rely on `apply --wait`.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/dashboard"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/worker"
@@ -23,7 +24,7 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	var lf logFlags
 	lf.register(fs, true)
 	var httpAddr string
-	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. :9090)")
+	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz, /readyz and the read-only web dashboard on this address (e.g. :9090)")
 	fs.StringVar(&httpAddr, "metrics-addr", "", "the older name of --http-addr")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
@@ -60,7 +61,8 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	}
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
-		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr})
+		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr,
+		Root: dashboard.New(dashboard.Config{RDB: rdb, Log: log})}) // read-only: actions need `rollout dashboard --token-file`
 	log.Info("worker stopped")
 	return err
 }

@@ -115,9 +115,12 @@ type Stage struct {
 }
 
 // Done reports how many of the stage's CVMs reached a terminal state.
-func (s Stage) Done() int {
+func (s Stage) Done() int { return DoneOf(s.Counts) }
+
+// DoneOf is how many CVMs of counts reached a terminal state.
+func DoneOf(counts map[CVMState]int) int {
 	n := 0
-	for st, c := range s.Counts {
+	for st, c := range counts {
 		if st.Terminal() {
 			n += c
 		}
