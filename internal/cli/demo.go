@@ -114,7 +114,7 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 		}()
 	}
 	applyStart := time.Now()
-	r, err := watch(ctx, e, store.New(rdb), a.ID, true, true, 500*time.Millisecond)
+	r, err := watch(ctx, e, store.New(rdb), a.ID, watchOpts{format: "table", untilPaused: true, every: 500 * time.Millisecond})
 	cancel()
 	for range *workers {
 		<-done
