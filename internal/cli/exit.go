@@ -19,17 +19,18 @@ const (
 	ExitInterrupt = 130 // Ctrl-C (SIGINT) or SIGTERM: 128 + SIGINT, as shells do
 )
 
-// ExitCode is the process exit status for Run's error.
-func ExitCode(err error) int {
+// ExitCode is the process exit status for Run(ctx, ...)'s error. ctx is
+// the main's signal context: whatever failed once it ended (Ctrl-C,
+// SIGTERM) failed because of it.
+func ExitCode(ctx context.Context, err error) int {
 	var c coded
 	switch {
 	case err == nil:
 		return ExitOK
+	case ctx.Err() != nil || errors.Is(err, context.Canceled):
+		return ExitInterrupt
 	case errors.As(err, &c):
 		return c.code
-	case errors.Is(err, context.Canceled):
-		// The only cancel a main makes is its signal context's.
-		return ExitInterrupt
 	}
 	return ExitError
 }

@@ -274,7 +274,9 @@ func renderFrame(s snapshot, v view, width int) []string {
 	return lines
 }
 
-func stageLabel(st store.Stage) string { return fmt.Sprintf("%d %s", st.Index+1, textsafe.Cell(st.Name)) }
+func stageLabel(st store.Stage) string {
+	return fmt.Sprintf("%d %s", st.Index+1, textsafe.Cell(st.Name))
+}
 
 // clip cuts s to width runes (a longer line would wrap, and the redraw
 // would move up too few lines).

@@ -53,7 +53,7 @@ func counts(kv ...any) map[store.CVMState]int {
 // patch, in its second stage.
 func fleetRollout() *store.Rollout {
 	return &store.Rollout{ID: "web-1a2b3c4d", Name: "web", State: store.RolloutRunning, Total: 1760, Stage: 1, Promoted: 0,
-		Spec: `{"name":"web","rate":{"per_second":5}}`,
+		Spec:   `{"name":"web","rate":{"per_second":5}}`,
 		Counts: counts(store.Succeeded, 282, store.Failed, 3, store.Running, 20, store.Pending, 1413, store.Unchanged, 40, store.Skipped, 2),
 		Stages: []store.Stage{
 			{Index: 0, Name: "canary", Size: 18, Counts: counts(store.Succeeded, 18), Manual: true},
