@@ -66,15 +66,15 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		return fmt.Errorf("the plan with hash %s was not applied: run %s of %s is still %s; apply again when it has ended", *planHash, a.ID, a.RunOf, a.State)
 	}
 	st := store.New(rdb)
+	if *out == "table" {
+		printApplied(e.Stdout, a, p.Counts[plan.Patch])
+		printOverlap(e.Stdout, a.Overlap)
+	}
 	if a.State != store.RolloutCompleted {
 		warnNoWorkers(e, st, a.ID)
 	}
 	if *out == "json" && !*wait {
 		return writeJSON(e.Stdout, a)
-	}
-	if *out == "table" {
-		printApplied(e.Stdout, a, p.Counts[plan.Patch])
-		printOverlap(e.Stdout, a.Overlap)
 	}
 	if !*wait {
 		return nil
