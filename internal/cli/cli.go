@@ -239,9 +239,24 @@ func commandHelp(fs *flag.FlagSet) string {
 		}
 	}
 	b.WriteString("\nFlags:\n")
-	fs.SetOutput(&b)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
+	// flag.PrintDefaults's layout, with each flag written as the docs and
+	// completion write it (-o, --yes).
+	fs.VisitAll(func(f *flag.Flag) {
+		name, use := flag.UnquoteUsage(f)
+		fmt.Fprintf(&b, "  %s", dashed(f))
+		if name != "" {
+			b.WriteString(" " + name)
+		}
+		fmt.Fprintf(&b, "\n    \t%s", strings.ReplaceAll(use, "\n", "\n    \t"))
+		switch def := f.DefValue; {
+		case def == "" || def == "false" || def == "0" || def == "0s":
+		case fmt.Sprintf("%T", f.Value) == "*flag.stringValue":
+			fmt.Fprintf(&b, " (default %q)", def)
+		default:
+			fmt.Fprintf(&b, " (default %s)", def)
+		}
+		b.WriteString("\n")
+	})
 	return b.String()
 }
 
