@@ -1,7 +1,7 @@
 // Package cli implements the rollout and worker commands. Each command
 // writes to the given writers and returns an error, so tests run whole
 // commands in-process; cmd/rollout and cmd/worker only wire signals and
-// exit with ExitCode(err).
+// exit with ExitCode(ctx, err).
 //
 // Parsing: the standard library's flag package and one command table
 // (commands below), not cobra or kong. The table is already the one list
@@ -25,7 +25,6 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/redisconn"
@@ -45,16 +44,6 @@ type Env struct {
 	// a terminal (a pipe, a file): status --watch redraws in place only
 	// on a terminal. Nil means not a terminal.
 	Width func() int
-	// Now is the clock (nil: time.Now); tests fix it.
-	Now func() time.Time
-}
-
-// now is e's clock.
-func (e *Env) now() time.Time {
-	if e.Now != nil {
-		return e.Now()
-	}
-	return time.Now()
 }
 
 // width is the terminal width of stdout, 0 when it is not a terminal.

@@ -44,7 +44,7 @@ func watch(ctx context.Context, e *Env, st *store.Store, id string, o watchOpts)
 	var last snapshot
 	lastKey, drawn, backoff := "", 0, time.Duration(0)
 	for {
-		s, err := read(ctx, st, insp, id, e.now())
+		s, err := read(ctx, st, insp, id, time.Now())
 		switch {
 		case ctx.Err() != nil:
 			return last.R, interrupted(id)
@@ -55,7 +55,7 @@ func watch(ctx context.Context, e *Env, st *store.Store, id string, o watchOpts)
 		case err != nil:
 			backoff = min(max(2*backoff, retryFirst), retryMax)
 			s = last
-			s.At, s.RedisErr, s.RetryIn = e.now(), err.Error(), backoff
+			s.At, s.RedisErr, s.RetryIn = time.Now(), err.Error(), backoff
 		default:
 			backoff = 0
 			p.observe(s)
