@@ -8,7 +8,6 @@ import (
 	"io"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -269,24 +268,6 @@ func TestConfirmInterrupted(t *testing.T) {
 	if rs, err := b.Store.List(context.Background()); err != nil || len(rs) != 0 {
 		t.Fatalf("recorded %d rollouts after Ctrl-C (%v)", len(rs), err)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer one goroutine writes while another reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestNoWorkerWarnings: apply and status say when no worker is alive

@@ -21,8 +21,11 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	conc := fs.Int("concurrency", 50, "CVMs processed at once by this worker")
 	drain := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long in-flight CVMs may finish after SIGTERM")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
-	debug := fs.Bool("debug", false, "log every CVM")
-	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090)")
+	var lf logFlags
+	lf.register(fs, true)
+	var httpAddr string
+	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. :9090)")
+	fs.StringVar(&httpAddr, "metrics-addr", "", "the older name of --http-addr")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -35,6 +38,10 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	}
 	if *conc < 1 {
 		return usageErr("worker: --concurrency %d: must be at least 1", *conc)
+	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
 	}
 	c, err := workerClient(e, *version)
 	if err != nil {
@@ -54,13 +61,12 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	log := logger(e, *debug)
 	if kerr != nil {
 		log.Warn("could not check the API key; starting anyway", "err", kerr)
 	}
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
-		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, MetricsAddr: *metricsAddr})
+		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr})
 	log.Info("worker stopped")
 	return err
 }
