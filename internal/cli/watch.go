@@ -9,6 +9,7 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/tasks"
 )
 
 // watchOpts says how a watch runs.
@@ -143,11 +144,7 @@ func liveWorkers(insp *asynq.Inspector) int {
 	if err != nil {
 		return -1
 	}
-	procs := map[string]bool{}
-	for _, s := range servers {
-		procs[fmt.Sprint(s.Host, "/", s.PID)] = true
-	}
-	return len(procs)
+	return tasks.WorkerProcesses(servers)
 }
 
 // warnNoWorkers says on stderr (so -o json stays clean) that rollout id
