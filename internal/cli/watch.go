@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/tasks"
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 // watchOpts says how a watch runs.
@@ -56,7 +57,7 @@ func watch(ctx context.Context, e *Env, st *store.Store, id string, o watchOpts)
 		case err != nil:
 			backoff = min(max(2*backoff, retryFirst), retryMax)
 			s = last
-			s.At, s.RedisErr, s.RetryIn = time.Now(), err.Error(), backoff
+			s.At, s.RedisErr, s.RetryIn = time.Now(), textsafe.Line(err.Error()), backoff
 		default:
 			backoff = 0
 			p.observe(s)
