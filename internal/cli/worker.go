@@ -10,6 +10,7 @@ import (
 	"github.com/phalafleet/rollout/internal/dashboard"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
+	build "github.com/phalafleet/rollout/internal/version"
 	"github.com/phalafleet/rollout/internal/worker"
 )
 
@@ -28,11 +29,16 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	fs.StringVar(&httpAddr, "metrics-addr", "", "the older name of --http-addr")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
+	if *showVersion {
+		fmt.Fprintln(e.Stdout, "worker", build.Get())
+		return nil
+	}
 	if *conc < 1 {
-		return fmt.Errorf("worker: --concurrency %d: must be at least 1", *conc)
+		return usageErr("worker: --concurrency %d: must be at least 1", *conc)
 	}
 	log, err := lf.logger(e)
 	if err != nil {

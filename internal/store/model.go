@@ -89,10 +89,11 @@ type Rollout struct {
 	RollbackOf string           `json:"rollback_of,omitempty"`
 	Budget     *Budget          `json:"budget,omitempty"`
 	// Controller and operator bookkeeping.
-	Ended          bool      `json:"-"`              // schedule.end_at was applied (once)
-	Dispatched     int       `json:"-"`              // the last stage whose tasks were queued; -1 none
-	Promoted       int       `json:"-"`              // the last stage promoted; -1 none
-	Runs           int       `json:"runs,omitempty"` // on a root: the latest run number reserved (1: the root itself)
+	Ended          bool      `json:"-"`                      // schedule.end_at was applied (once)
+	Dispatched     int       `json:"-"`                      // the last stage whose tasks were queued; -1 none
+	Promoted       int       `json:"-"`                      // the last stage promoted; -1 none
+	Full           bool      `json:"promote_full,omitempty"` // promote --full: every manual gate from Promoted on is passed
+	Runs           int       `json:"runs,omitempty"`         // on a root: the latest run number reserved (1: the root itself)
 	LatestRun      string    `json:"latest_run,omitempty"`
 	Repeat         bool      `json:"repeat,omitempty"`          // schedule.repeat still starts runs of it
 	LatestRollback string    `json:"latest_rollback,omitempty"` // the newest rollback recorded of this rollout
