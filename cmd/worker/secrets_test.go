@@ -35,11 +35,13 @@ type output struct{ name, text string }
 // absent), the API key read from --api-key-file, then reads everything
 // the tool wrote: every Redis key and value of every type, the worker's
 // log (--debug), the commands' output and errors, report as CSV and JSON,
-// events, status, workers, the worker's /metrics, /healthz and /readyz.
-// Neither the API key nor the Redis password may appear in any of it.
+// events, status, workers, the worker's /metrics, /healthz and /readyz and
+// its read-only dashboard (page and JSON). Neither the API key nor the
+// Redis password may appear in any of it.
 //
-// After a merge, add to secrets and outputs here: a webhook's secret and
-// the bodies it was sent (issue 10), the dashboard token and its pages.
+// To add: a webhook's secret and the bodies it was sent (issue 10), and
+// the dashboard token with `rollout dashboard --token-file`'s signed-in
+// pages: append them to secrets and outputs.
 func TestNoSecretInAnythingWritten(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a worker process")
@@ -110,13 +112,19 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 		rollout(args...)
 	}
 	var body []byte
-	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+	// The worker's listener serves the read-only dashboard too: its page
+	// and every JSON answer.
+	for _, path := range []string{"/", "/api/rollouts", "/api/rollouts/" + id, "/api/rollouts/" + id + "/cvms", "/api/queue", "/api/session",
+		"/healthz", "/readyz", "/metrics"} {
 		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", metrics, path))
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ = io.ReadAll(res.Body)
 		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Errorf("worker %s: %s", path, res.Status)
+		}
 		outputs = append(outputs, output{"worker " + path, string(body)})
 	}
 	// A wrong password and a dead server: their errors name the URL.

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/dashboard"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
+	build "github.com/phalafleet/rollout/internal/version"
 	"github.com/phalafleet/rollout/internal/worker"
 )
 
@@ -23,20 +25,25 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	var lf logFlags
 	lf.register(fs, true)
 	var httpAddr string
-	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. :9090)")
+	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz, /readyz and the read-only web dashboard on this address (e.g. :9090)")
 	fs.StringVar(&httpAddr, "metrics-addr", "", "the older name of --http-addr")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Fprintln(e.Stdout, "worker", build.Get())
+		return nil
 	}
 	e, err := e.withKeyFile(*keyFile)
 	if err != nil {
 		return err
 	}
 	if *conc < 1 {
-		return fmt.Errorf("worker: --concurrency %d: must be at least 1", *conc)
+		return usageErr("worker: --concurrency %d: must be at least 1", *conc)
 	}
 	log, err := lf.logger(e)
 	if err != nil {
@@ -65,7 +72,8 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	}
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
-		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr})
+		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr,
+		Root: dashboard.New(dashboard.Config{RDB: rdb, Log: log})}) // read-only: actions need `rollout dashboard --token-file`
 	log.Info("worker stopped")
 	return err
 }
