@@ -28,6 +28,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	readTimeout := readTimeoutFlag(fs)
 	planHash := fs.String("plan-hash", "", "apply only if a fresh plan has this plan_hash (from `plan`): refuse if the fleet changed since")
 	overlap := fs.Bool("allow-overlap", false, "skip the selected CVMs that another active rollout holds, instead of refusing")
+	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
@@ -36,6 +37,10 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	}
 	if *timeout < 0 {
 		return usageErr("apply: --timeout %s: must not be negative", *timeout)
+	}
+	e, err := e.withKeyFile(*keyFile)
+	if err != nil {
+		return err
 	}
 	rdb, err := openRedis(ctx, e, *redisURL)
 	if err != nil {

@@ -30,12 +30,17 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	if *showVersion {
 		fmt.Fprintln(e.Stdout, "worker", build.Get())
 		return nil
+	}
+	e, err := e.withKeyFile(*keyFile)
+	if err != nil {
+		return err
 	}
 	if *conc < 1 {
 		return usageErr("worker: --concurrency %d: must be at least 1", *conc)
