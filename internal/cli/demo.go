@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/hibiken/asynq"
 	"os"
 	"path/filepath"
 	"time"
@@ -45,8 +46,14 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	workers := fs.Int("workers", 2, "in-process worker servers")
 	conc := fs.Int("concurrency", 100, "CVMs at once per worker")
 	file := fs.String("f", "", "rollout file (default: a built-in KMS migration of prod-* and staging-*)")
+	var lf logFlags
+	lf.register(fs, false)
 	if err := noArgs(fs, args); err != nil {
 		return err
+	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	start := time.Now()
 	red, err := redisconn.StartEmbedded()
@@ -110,11 +117,17 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	for i := range *workers {
 		go func() {
 			done <- worker.Run(wctx, rdb, worker.Config{Concurrency: *conc, API: wclient, Name: fmt.Sprintf("demo-worker-%d", i+1),
-				Log: logger(e, false), ControllerInterval: 200 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
+				Log: log, ControllerInterval: 200 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
 		}()
 	}
 	applyStart := time.Now()
-	r, err := watch(ctx, e, store.New(rdb), a.ID, true, true, 500*time.Millisecond)
+	// Let the workers register first, or the watch's first line warns
+	// that none is alive.
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	for end := time.Now().Add(5 * time.Second); liveWorkers(insp) < 1 && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	r, err := watch(ctx, e, store.New(rdb), a.ID, watchOpts{format: "table", untilPaused: true, every: 500 * time.Millisecond})
 	cancel()
 	for range *workers {
 		<-done

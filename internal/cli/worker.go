@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
+	"github.com/phalafleet/rollout/internal/dashboard"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
+	build "github.com/phalafleet/rollout/internal/version"
 	"github.com/phalafleet/rollout/internal/worker"
 )
 
@@ -20,15 +22,32 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	conc := fs.Int("concurrency", 50, "CVMs processed at once by this worker")
 	drain := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long in-flight CVMs may finish after SIGTERM")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
-	debug := fs.Bool("debug", false, "log every CVM")
-	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090)")
+	var lf logFlags
+	lf.register(fs, true)
+	var httpAddr string
+	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz, /readyz and the read-only web dashboard on this address (e.g. :9090)")
+	fs.StringVar(&httpAddr, "metrics-addr", "", "the older name of --http-addr")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
+	if *showVersion {
+		fmt.Fprintln(e.Stdout, "worker", build.Get())
+		return nil
+	}
+	e, err := e.withKeyFile(*keyFile)
+	if err != nil {
+		return err
+	}
 	if *conc < 1 {
-		return fmt.Errorf("worker: --concurrency %d: must be at least 1", *conc)
+		return usageErr("worker: --concurrency %d: must be at least 1", *conc)
+	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
 	}
 	c, err := workerClient(e, *version)
 	if err != nil {
@@ -48,13 +67,13 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	log := logger(e, *debug)
 	if kerr != nil {
 		log.Warn("could not check the API key; starting anyway", "err", kerr)
 	}
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
-		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, MetricsAddr: *metricsAddr})
+		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr,
+		Root: dashboard.New(dashboard.Config{RDB: rdb, Log: log})}) // read-only: actions need `rollout dashboard --token-file`
 	log.Info("worker stopped")
 	return err
 }
