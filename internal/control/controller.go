@@ -26,6 +26,10 @@ type Controller struct {
 	Reaper SlotReaper // returns in-flight slots of dead workers; may be nil
 	// Planner re-plans repeating rollouts (schedule.repeat); may be nil.
 	Planner plan.Reader
+	// StallAfter: a running rollout whose stage has CVMs left and that has
+	// not moved for this long is reported stalled (0: DefaultStallAfter;
+	// negative: never).
+	StallAfter time.Duration
 }
 
 // SlotReaper returns in-flight slots whose holders died.
@@ -197,8 +201,20 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.F
 		_, err := c.Dispatch(ctx, r, spec)
 		return err
 	}
-	if len(r.Stages) == 0 || r.Stages[r.Stage].Left() > 0 {
+	if len(r.Stages) == 0 {
 		return nil
+	}
+	if r.Stages[r.Stage].Left() > 0 {
+		return c.stalled(ctx, r, now)
+	}
+	if r.Stages[r.Stage].DoneAt.IsZero() {
+		// Recorded for every stage (the last, a manual one too): its
+		// stage_completed notification goes with it.
+		t, err := c.Store.StageDone(ctx, r.ID, r.Stage, now)
+		if err != nil {
+			return err
+		}
+		r.Stages[r.Stage].DoneAt = t
 	}
 	if r.Stage+1 >= len(r.Stages) {
 		if r.Counts[store.Pending]+r.Counts[store.Running] > 0 {
@@ -226,6 +242,27 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.F
 	}
 	r.Stage = next
 	_, err = c.Dispatch(ctx, r, spec)
+	return err
+}
+
+// DefaultStallAfter is how long a running rollout with CVMs left in its
+// stage may go without any progress before it is reported stalled.
+const DefaultStallAfter = 15 * time.Minute
+
+// stalled reports, once per stall, a running rollout whose current stage
+// has CVMs left but whose record has not moved for StallAfter (a bake or
+// a manual gate is waiting on purpose, not a stall).
+func (c *Controller) stalled(ctx context.Context, r *store.Rollout, now time.Time) error {
+	after := c.StallAfter
+	if after == 0 {
+		after = DefaultStallAfter
+	}
+	if after < 0 || now.Sub(r.UpdatedAt) < after {
+		return nil
+	}
+	why := fmt.Sprintf("stalled: no CVM of stage %d moved for %s (%d still to do)", r.Stage+1,
+		now.Sub(r.UpdatedAt).Truncate(time.Second), r.Stages[r.Stage].Left())
+	_, err := c.Store.Stalled(ctx, r.ID, r.UpdatedAt, why, now)
 	return err
 }
 
