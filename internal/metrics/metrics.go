@@ -43,6 +43,7 @@ func New(st *store.Store) *Metrics {
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.outcomes, m.throttled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(notifications, redisMemory) // notify.go
 	if st != nil {
 		m.reg.MustRegister(&rolloutCollector{st: st, insp: asynq.NewInspectorFromRedisClient(st.Redis())})
 	}

@@ -226,26 +226,30 @@ func (s *Store) SettleNotification(ctx context.Context, n Notification, o Outcom
 }
 
 // OutboxFamilies lists the families that may have notifications to
-// deliver: those of the active set's rollouts and those Settle listed.
-func (s *Store) OutboxFamilies(ctx context.Context) ([]string, error) {
+// deliver: those of the active set's rollouts and those Settle listed
+// (listed says which, for ForgetOutboxFamily).
+func (s *Store) OutboxFamilies(ctx context.Context) (fams []string, listed map[string]bool, err error) {
 	active, err := s.Active(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	listed, err := s.rdb.SMembers(ctx, OutboxFamiliesKey).Result()
+	ls, err := s.rdb.SMembers(ctx, OutboxFamiliesKey).Result()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	listed = map[string]bool{}
 	seen := map[string]bool{}
-	for _, id := range append(active, listed...) {
+	for _, f := range ls {
+		listed[f], seen[f] = true, true
+	}
+	for _, id := range active {
 		seen[Family(id)] = true
 	}
-	out := make([]string, 0, len(seen))
 	for f := range seen {
-		out = append(out, f)
+		fams = append(fams, f)
 	}
-	sort.Strings(out)
-	return out, nil
+	sort.Strings(fams)
+	return fams, listed, nil
 }
 
 // NextDue is when the family's next notification is due (ok false: none).
