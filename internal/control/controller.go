@@ -30,6 +30,9 @@ type Controller struct {
 	// not moved for this long is reported stalled (0: DefaultStallAfter;
 	// negative: never).
 	StallAfter time.Duration
+	// OnLead, if set, runs after each tick of the lock holder: fleet-wide
+	// housekeeping that one process does (retention, the Redis memory check).
+	OnLead func(ctx context.Context, now time.Time)
 }
 
 // SlotReaper returns in-flight slots whose holders died.
@@ -86,7 +89,11 @@ func (c *Controller) leadingTick(ctx context.Context) error {
 			}
 		}
 	})
-	return c.Tick(tctx, time.Now())
+	err := c.Tick(tctx, time.Now())
+	if c.OnLead != nil && tctx.Err() == nil {
+		c.OnLead(tctx, time.Now()) // under the same renewal: stops if the lock is lost
+	}
+	return err
 }
 
 // Tick drives each active rollout one step at time now.

@@ -84,6 +84,9 @@ type Rollout struct {
 	// Notify holds the notification targets (JSON; their URLs may carry
 	// tokens, so never shown whole).
 	Notify string `json:"-"`
+	// Retention: a prune under way (its mode), or when it pruned.
+	Pruning  string    `json:"pruning,omitempty"`
+	PrunedAt time.Time `json:"pruned_at,omitzero"`
 }
 
 // Stage is one wave of a rollout.
