@@ -50,7 +50,7 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) {
 	for {
 		if ok, err := c.Store.Lead(ctx, c.Owner, lockTTL); err == nil && ok {
 			if err := c.leadingTick(ctx); err != nil && ctx.Err() == nil {
-				c.log().Warn("controller tick", "err", err)
+				c.log().Warn("controller tick", "err", store.Full(err))
 			}
 		}
 		select {

@@ -38,8 +38,18 @@ const (
 
 // Deliverer delivers notifications until its context ends.
 type Deliverer struct {
-	Store  *store.Store
-	Worker string // names this worker in User-Agent
+	Options
+	Store   *store.Store
+	Worker  string // names this worker in User-Agent
+	Log     *slog.Logger
+	Observe func(result string) // delivered, failed, given_up; may be nil
+
+	sem chan struct{}
+	wg  sync.WaitGroup
+}
+
+// Options are a deliverer's settings (the worker's --notify-* flags).
+type Options struct {
 	// Lease is how long a claimed entry is this worker's; a worker that
 	// dies holds it that long. Above Timeout.
 	Lease   time.Duration
@@ -49,15 +59,10 @@ type Deliverer struct {
 	Backoff time.Duration
 	// Dashboard is the dashboard's base URL for the body's link ("": none).
 	Dashboard string
-	Poll      time.Duration // how often the outbox is looked at
-	Parallel  int           // deliveries at once
-	Log       *slog.Logger
-	Observe   func(result string) // delivered, failed, given_up; may be nil
+	Poll      time.Duration       // how often the outbox is looked at
+	Parallel  int                 // deliveries at once
 	Getenv    func(string) string // os.Getenv by default
 	Client    *http.Client        // one that follows no redirect by default
-
-	sem chan struct{}
-	wg  sync.WaitGroup
 }
 
 func (d *Deliverer) defaults() {

@@ -65,8 +65,8 @@ func TestOutboxDelivery(t *testing.T) {
 	}
 	var observed []string
 	var mu sync.Mutex
-	d := &notify.Deliverer{Store: b.Store, Worker: "w1", Lease: time.Second, Backoff: 20 * time.Millisecond,
-		Getenv:  func(k string) string { return map[string]string{"TEST_HOOK_SECRET": "topsecret"}[k] },
+	d := &notify.Deliverer{Store: b.Store, Worker: "w1", Options: notify.Options{Lease: time.Second, Backoff: 20 * time.Millisecond,
+		Getenv: func(k string) string { return map[string]string{"TEST_HOOK_SECRET": "topsecret"}[k] }},
 		Observe: func(r string) { mu.Lock(); observed = append(observed, r); mu.Unlock() }}
 	for end := time.Now().Add(10 * time.Second); len(seen()) < 6 && time.Now().Before(end); time.Sleep(30 * time.Millisecond) {
 		if err := d.Once(ctx, time.Now()); err != nil {

@@ -155,4 +155,3 @@ func (s *Store) InActive(ctx context.Context, id string) (bool, error) {
 func (s *Store) IsRepeating(ctx context.Context, id string) (bool, error) {
 	return s.rdb.SIsMember(ctx, RepeatingKey, id).Result()
 }
-

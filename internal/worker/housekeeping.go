@@ -1,0 +1,73 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/control"
+	"github.com/phalafleet/rollout/internal/metrics"
+	"github.com/phalafleet/rollout/internal/store"
+)
+
+// MemoryWarn is the share of maxmemory above which the worker warns.
+const MemoryWarn = 0.8
+
+// housekeeping is what the controller-lock holder does beside driving
+// rollouts: the Redis memory check once a minute and, with --retention,
+// a prune once an hour.
+type housekeeping struct {
+	ctl       *control.Control
+	log       *slog.Logger
+	mx        *metrics.Metrics // may be nil
+	retention time.Duration    // 0: no automatic prune
+	lastMem   time.Time
+	lastPrune time.Time
+}
+
+const (
+	memoryEvery = time.Minute
+	pruneEvery  = time.Hour
+)
+
+func (h *housekeeping) onLead(ctx context.Context, now time.Time) {
+	if now.Sub(h.lastMem) >= memoryEvery {
+		h.lastMem = now
+		h.memory(ctx)
+	}
+	if h.retention > 0 && now.Sub(h.lastPrune) >= pruneEvery {
+		h.lastPrune = now
+		o := control.PruneOptions{OlderThan: h.retention}
+		if h.mx != nil {
+			o.Forget = h.mx.Forget
+		}
+		pruned, err := h.ctl.Prune(ctx, now, o)
+		if err != nil {
+			h.log.Warn("retention prune", "err", store.Full(err))
+		}
+		if len(pruned) > 0 {
+			h.log.Info("retention prune", "rollouts", len(pruned), "older_than", h.retention.String())
+		}
+	}
+}
+
+// memory reads Redis's use of its maxmemory, exports it, and warns above
+// MemoryWarn: past maxmemory (noeviction) every write is refused.
+func (h *housekeeping) memory(ctx context.Context) {
+	used, limit, err := h.ctl.Store.Memory(ctx)
+	if err != nil {
+		h.log.Warn("redis memory check", "err", err)
+		return
+	}
+	ratio := 0.0
+	if limit > 0 {
+		ratio = float64(used) / float64(limit)
+	}
+	if h.mx != nil {
+		h.mx.RedisMemory(ratio)
+	}
+	if ratio > MemoryWarn {
+		h.log.Warn("Redis is above 80% of its maxmemory: writes are refused once it is full; raise maxmemory or prune finished rollouts (rollout prune, worker --retention)",
+			"used_bytes", used, "maxmemory_bytes", limit, "ratio", ratio)
+	}
+}
