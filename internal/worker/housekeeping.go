@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/control"
@@ -56,7 +57,9 @@ func (h *housekeeping) onLead(ctx context.Context, now time.Time) {
 func (h *housekeeping) memory(ctx context.Context) {
 	used, limit, err := h.ctl.Store.Memory(ctx)
 	if err != nil {
-		h.log.Warn("redis memory check", "err", err)
+		if !strings.Contains(err.Error(), "not supported") { // miniredis has no INFO memory
+			h.log.Warn("redis memory check", "err", err)
+		}
 		return
 	}
 	ratio := 0.0
