@@ -442,12 +442,12 @@ func (s *Store) leased(ctx context.Context, id, token string, write func(redis.P
 		} else if err != nil {
 			return err
 		}
-		_, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		cmds, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 			write(pipe)
 			pipe.PExpire(ctx, lease, createLease)
 			return nil
 		})
-		return err
+		return txErr(cmds, err)
 	}, lease)
 	if errors.Is(err, redis.TxFailedErr) {
 		return errLeaseLost

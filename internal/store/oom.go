@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrFull wraps a write Redis refused for want of memory.
@@ -48,4 +50,18 @@ func (s *Store) Memory(ctx context.Context) (used, limit int64, err error) {
 		return 0, 0, fmt.Errorf("INFO memory: no used_memory")
 	}
 	return used, limit, nil
+}
+
+// txErr is a MULTI's error: Redis refuses a queued command (OOM, say) and
+// then the whole EXEC with EXECABORT; the first refusal says why.
+func txErr(cmds []redis.Cmder, err error) error {
+	if err == nil || !strings.HasPrefix(err.Error(), "EXECABORT") {
+		return err
+	}
+	for _, c := range cmds {
+		if c.Err() != nil && !strings.HasPrefix(c.Err().Error(), "EXECABORT") {
+			return Full(c.Err())
+		}
+	}
+	return err
 }

@@ -101,8 +101,7 @@ func (s *Store) MarkPruned(ctx context.Context, id string, now time.Time) error 
 	pipe.HSet(ctx, RolloutKey(id), "pruned_at", now.UTC().Format(time.RFC3339Nano))
 	pipe.HDel(ctx, RolloutKey(id), "pruning")
 	pushEvent(ctx, pipe, id, now, "prune", "per-CVM records and tasks pruned (summary and audit trail kept)")
-	_, err := pipe.Exec(ctx)
-	return err
+	return txErr(pipe.Exec(ctx))
 }
 
 // DropAll ends an all prune: the audit trail, the record, then the index
