@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/notify"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
@@ -166,6 +167,99 @@ func TestLeaseRunsOut(t *testing.T) {
 	}
 	ns, _ := b.Store.Notifications(ctx, p.ID)
 	if len(ns) != 1 || ns[0].DeliveredAt == "" {
+		t.Fatalf("%+v", ns)
+	}
+}
+
+// TestGiveUpAndMissingSecret: a target that keeps refusing is given up once
+// the event is older than MaxAge (and leaves the due set); a worker without
+// the named secret sends nothing unsigned and says why.
+func TestGiveUpAndMissingSecret(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 2, Seed: 3, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	hs, seen := receiver(t, nil)
+	refuse := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) }))
+	t.Cleanup(refuse.Close)
+	p := b.Apply(t, "name: g\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n"+
+		"notify:\n  - url: "+refuse.URL+"/x\n    events: [applied]\n  - url: "+hs.URL+"/signed\n    events: [applied]\n    secret_env: NOT_SET_HERE\n")
+	ctx := context.Background()
+	d := &notify.Deliverer{Store: b.Store, Worker: "w1", Options: notify.Options{Lease: time.Second, Backoff: time.Millisecond, MaxAge: time.Millisecond,
+		Getenv: func(string) string { return "" }}}
+	time.Sleep(5 * time.Millisecond) // the event is older than MaxAge
+	if err := d.Once(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	d.Wait()
+	if len(seen()) != 0 {
+		t.Fatalf("sent unsigned: %d requests", len(seen()))
+	}
+	ns, _ := b.Store.Notifications(ctx, p.ID)
+	if len(ns) != 2 {
+		t.Fatalf("%+v", ns)
+	}
+	for _, n := range ns {
+		if n.FailedAt == "" || n.DeliveredAt != "" {
+			t.Errorf("%s: not given up: %+v", n.URL, n)
+		}
+	}
+	if !strings.Contains(ns[0].LastError, "HTTP 503") || !strings.Contains(ns[1].LastError, "NOT_SET_HERE") || strings.Contains(ns[0].LastError, refuse.URL) {
+		t.Errorf("last errors %q, %q", ns[0].LastError, ns[1].LastError)
+	}
+	if n, _ := b.RDB.ZCard(ctx, store.OutboxDueKey(p.ID)).Result(); n != 0 {
+		t.Fatalf("%d given-up entries still due", n)
+	}
+}
+
+// TestSettledFamilyStillDelivers: a rollout that left the active set with a
+// notification still due (its receiver was down) is still found and
+// delivered, and its family leaves the outbox set once nothing is due.
+func TestSettledFamilyStillDelivers(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 2, Seed: 3, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	hs, seen := receiver(t, map[string]bool{"cancelled": true})
+	p := b.Apply(t, "name: s\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nnotify: [{url: \""+hs.URL+"\", events: [cancelled]}]\n")
+	ctx, now := context.Background(), time.Now()
+	c := b.Control()
+	if _, err := c.Cancel(ctx, p.ID, "alice", "", now); err != nil {
+		t.Fatal(err)
+	}
+	d := &notify.Deliverer{Store: b.Store, Worker: "w1", Options: notify.Options{Lease: time.Second, Backoff: 50 * time.Millisecond}}
+	d.Once(ctx, time.Now()) // refused once: due again later
+	d.Wait()
+	ctl := &control.Controller{Control: c}
+	for range 2 { // marks the CVMs cancelled, then settles
+		if err := ctl.Step(ctx, p.ID, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if active, _ := b.RDB.HExists(ctx, store.ActiveKey, p.ID).Result(); active {
+		t.Fatal("not settled")
+	}
+	for end := time.Now().Add(5 * time.Second); len(seen()) < 2 && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		d.Once(ctx, time.Now())
+		d.Wait()
+	}
+	if g := seen(); len(g) != 2 || g[1].code != 200 || g[0].id != g[1].id {
+		t.Fatalf("deliveries %+v", g)
+	}
+	d.Once(ctx, time.Now())
+	if n, _ := b.RDB.SCard(ctx, store.OutboxFamiliesKey).Result(); n != 0 {
+		t.Fatalf("the family stays listed with nothing due")
+	}
+}
+
+// TestWorkerDefaultTarget: a rollout recorded while a worker publishes
+// --notify-url gets it as one more target, for every event.
+func TestWorkerDefaultTarget(t *testing.T) {
+	b := testutil.Setup(t, sim.FleetOptions{CVMs: 2, Seed: 3, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	ctx := context.Background()
+	if err := b.Store.PublishNotifyDefault(ctx, store.NotifyTarget{URL: "http://127.0.0.1:1/default", SecretEnv: "DEF"}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	p := b.Apply(t, "name: d\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n")
+	if _, err := b.Control().Pause(ctx, p.ID, "alice", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := b.Store.Notifications(ctx, p.ID)
+	if len(ns) != 2 || ns[0].Event != "applied" || ns[1].Event != "paused" || ns[1].URL != "http://127.0.0.1:1/default" || ns[1].SecretEnv != "DEF" {
 		t.Fatalf("%+v", ns)
 	}
 }
