@@ -1,6 +1,9 @@
 package metrics
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
 
 // Issue 10's series: notification deliveries and Redis memory. Package
 // level so New registers them with one line; a process has one Metrics.
@@ -21,4 +24,29 @@ func (m *Metrics) RedisMemory(ratio float64) { redisMemory.Set(ratio) }
 func (m *Metrics) Forget(rollout string) {
 	m.outcomes.DeletePartialMatch(prometheus.Labels{"rollout": rollout})
 	m.throttled.DeletePartialMatch(prometheus.Labels{"rollout": rollout})
+}
+
+// Rollouts lists the rollouts this worker has per-rollout series of.
+func (m *Metrics) Rollouts() []string {
+	ch := make(chan prometheus.Metric, 64)
+	go func() {
+		m.outcomes.Collect(ch)
+		m.throttled.Collect(ch)
+		close(ch)
+	}()
+	seen := map[string]bool{}
+	var out []string
+	for mt := range ch {
+		var pb dto.Metric
+		if mt.Write(&pb) != nil {
+			continue
+		}
+		for _, l := range pb.GetLabel() {
+			if l.GetName() == "rollout" && !seen[l.GetValue()] {
+				seen[l.GetValue()] = true
+				out = append(out, l.GetValue())
+			}
+		}
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
@@ -72,5 +73,25 @@ func (h *housekeeping) memory(ctx context.Context) {
 	if ratio > MemoryWarn {
 		h.log.Warn("Redis is above 80% of its maxmemory: writes are refused once it is full; raise maxmemory or prune finished rollouts (rollout prune, worker --retention)",
 			"used_bytes", used, "maxmemory_bytes", limit, "ratio", ratio)
+	}
+}
+
+// forgetPruned drops this worker's per-rollout series of rollouts that
+// were pruned (by any process) or are gone, once an hour in every worker.
+func forgetPruned(ctx context.Context, st *store.Store, mx *metrics.Metrics) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, id := range mx.Rollouts() {
+			r, err := st.Get(ctx, id)
+			if errors.Is(err, store.ErrNotFound) || err == nil && (!r.PrunedAt.IsZero() || r.Pruning != "") {
+				mx.Forget(id)
+			}
+		}
 	}
 }

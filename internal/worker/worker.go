@@ -167,6 +167,9 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		d.Observe = mx.Notified
 	}
 	go func() { defer func() { done <- struct{}{} }(); d.Run(cctx) }()
+	if mx != nil {
+		go forgetPruned(cctx, st, mx) // returns with cctx; nothing to wait for
+	}
 	go func() {
 		defer func() { done <- struct{}{} }()
 		if cfg.NotifyDefault.URL == "" {
