@@ -246,12 +246,35 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func logger(e *Env, debug bool) *slog.Logger {
-	lvl := slog.LevelInfo
+// logFlags are the log flags of every long-running command (worker, sim,
+// demo): --log-format, and --debug where the command has it.
+type logFlags struct {
+	format string
+	debug  bool
+}
+
+func (l *logFlags) register(fs *flag.FlagSet, debug bool) {
+	fs.StringVar(&l.format, "log-format", "text", "log format on stderr: text or json (one JSON object a line)")
 	if debug {
+		fs.BoolVar(&l.debug, "debug", false, "log every CVM")
+	}
+}
+
+// logger is the one place a command's logger is made: slog on stderr, as
+// text or JSON, at INFO (DEBUG with --debug).
+func (l *logFlags) logger(e *Env) (*slog.Logger, error) {
+	lvl := slog.LevelInfo
+	if l.debug {
 		lvl = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(e.Stderr, &slog.HandlerOptions{Level: lvl}))
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch l.format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(e.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(e.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %s: expected text or json", textsafe.Cut(l.format, textsafe.MaxQuoted))
 }
 
 // redisCmd is what every command that reads or writes rollouts parses:

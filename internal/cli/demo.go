@@ -45,8 +45,14 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	workers := fs.Int("workers", 2, "in-process worker servers")
 	conc := fs.Int("concurrency", 100, "CVMs at once per worker")
 	file := fs.String("f", "", "rollout file (default: a built-in KMS migration of prod-* and staging-*)")
+	var lf logFlags
+	lf.register(fs, false)
 	if err := noArgs(fs, args); err != nil {
 		return err
+	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	start := time.Now()
 	red, err := redisconn.StartEmbedded()
@@ -110,7 +116,7 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 	for i := range *workers {
 		go func() {
 			done <- worker.Run(wctx, rdb, worker.Config{Concurrency: *conc, API: wclient, Name: fmt.Sprintf("demo-worker-%d", i+1),
-				Log: logger(e, false), ControllerInterval: 200 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
+				Log: log, ControllerInterval: 200 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
 		}()
 	}
 	applyStart := time.Now()

@@ -64,11 +64,23 @@ func runSim(ctx context.Context, e *Env, args []string) error {
 	addr := fs.String("addr", "127.0.0.1:8090", "listen address")
 	var sf simFlags
 	sf.register(fs, 1000)
+	var lf logFlags
+	lf.register(fs, false)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	text := lf.format != "json"
 	key := e.Getenv("PHALA_CLOUD_API_KEY")
 	if key == "" {
+		// A key never goes into logs, made up or not: a person reads it
+		// from the text output; a log collector's user sets one.
+		if !text {
+			return fmt.Errorf("sim: --log-format json: set PHALA_CLOUD_API_KEY (any value; the simulator accepts it), a made-up key is shown only with --log-format text")
+		}
 		key = sim.NewAPIKey()
 		fmt.Fprintf(e.Stderr, "PHALA_CLOUD_API_KEY is not set; the simulator accepts this made-up key:\n  export PHALA_CLOUD_API_KEY=%s\n", key)
 	}
@@ -77,7 +89,11 @@ func runSim(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer stop()
-	fmt.Fprintf(e.Stderr, "simulator: %d CVMs at %s\n  export PHALA_CLOUD_API_PREFIX=%s\n", sf.cvms, prefix, prefix)
+	if text {
+		fmt.Fprintf(e.Stderr, "simulator: %d CVMs at %s\n  export PHALA_CLOUD_API_PREFIX=%s\n", sf.cvms, prefix, prefix)
+	} else {
+		log.Info("simulator serving", "cvms", sf.cvms, "api_prefix", prefix)
+	}
 	<-ctx.Done()
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return nil

@@ -25,8 +25,11 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	conc := fs.Int("concurrency", 50, "CVMs processed at once by this worker")
 	drain := fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long in-flight CVMs may finish after SIGTERM")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
-	debug := fs.Bool("debug", false, "log every CVM")
-	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090)")
+	var lf logFlags
+	lf.register(fs, true)
+	var httpAddr string
+	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. :9090)")
+	fs.StringVar(&httpAddr, "metrics-addr", "", "the older name of --http-addr")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
 	notifyURL := fs.String("notify-url", "", "also POST every event of every rollout recorded while this worker runs to this http(s) URL")
@@ -51,6 +54,10 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	if *stall == 0 {
 		*stall = -1 // never
 	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
 	c, err := workerClient(e, *version)
 	if err != nil {
 		return err
@@ -69,13 +76,12 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	log := logger(e, *debug)
 	if kerr != nil {
 		log.Warn("could not check the API key; starting anyway", "err", kerr)
 	}
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
-		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, MetricsAddr: *metricsAddr,
+		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr,
 		Notify:        notify.Options{Lease: *notifyLease, Timeout: *notifyTimeout, MaxAge: *notifyAge, Dashboard: *dashboard, Getenv: e.Getenv},
 		NotifyDefault: def, Retention: retention.d, StallAfter: *stall})
 	log.Info("worker stopped")

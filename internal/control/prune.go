@@ -27,8 +27,6 @@ type PruneOptions struct {
 	// Export, when set, writes a rollout's report before anything of it
 	// is deleted (not called again for a prune that had started).
 	Export func(ctx context.Context, r *store.Rollout) error
-	// Forget, when set, is told each rollout pruned (its metric series go).
-	Forget func(id string)
 }
 
 // Pruned is one rollout prune removed (or, dry run, would remove).
@@ -158,9 +156,6 @@ func (c *Control) prune(ctx context.Context, r *store.Rollout, p *Pruned, o Prun
 		err = c.Store.DropAll(ctx, r.ID)
 	} else {
 		err = c.Store.MarkPruned(ctx, r.ID, now)
-	}
-	if err == nil && o.Forget != nil {
-		o.Forget(r.ID)
 	}
 	return err
 }

@@ -1,52 +1,51 @@
 package metrics
 
 import (
+	"context"
+	"time"
+
+	"github.com/phalafleet/rollout/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
-// Issue 10's series: notification deliveries and Redis memory. Package
-// level so New registers them with one line; a process has one Metrics.
-var (
-	notifications = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rollout_notifications_total",
-		Help: "Notification delivery attempts by result (delivered, failed: retried later, given_up: past --notify-max-age)."}, []string{"result"})
-	redisMemory = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rollout_redis_memory_used_ratio",
-		Help: "Redis used_memory / maxmemory, read once a minute by the controller-lock holder (0: no maxmemory set)."})
-)
+// Issue 10's series: notification deliveries (this worker's, like the
+// other counters) and Redis memory (read from Redis at scrape time, on the
+// lock holder only, like the other Redis gauges).
 
-// Notified counts one notification delivery attempt by its result.
-func (m *Metrics) Notified(result string) { notifications.WithLabelValues(result).Inc() }
+var memoryDesc = prometheus.NewDesc("rollout_redis_memory_used_ratio",
+	"Redis used_memory / maxmemory (0: no maxmemory set); the worker holding the lock logs a warning above 0.8."+onlyLeader, nil, nil)
 
-// RedisMemory sets the share of maxmemory Redis uses.
-func (m *Metrics) RedisMemory(ratio float64) { redisMemory.Set(ratio) }
-
-// Forget drops the per-rollout series of a pruned rollout.
-func (m *Metrics) Forget(rollout string) {
-	m.outcomes.DeletePartialMatch(prometheus.Labels{"rollout": rollout})
-	m.throttled.DeletePartialMatch(prometheus.Labels{"rollout": rollout})
+func newNotifications() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rollout_notifications_total",
+		Help: "Notification delivery attempts this worker made, by result (delivered; failed: retried later; given_up: past --notify-max-age)."}, []string{"result"})
 }
 
-// Rollouts lists the rollouts this worker has per-rollout series of.
-func (m *Metrics) Rollouts() []string {
-	ch := make(chan prometheus.Metric, 64)
-	go func() {
-		m.outcomes.Collect(ch)
-		m.throttled.Collect(ch)
-		close(ch)
-	}()
-	seen := map[string]bool{}
-	var out []string
-	for mt := range ch {
-		var pb dto.Metric
-		if mt.Write(&pb) != nil {
-			continue
-		}
-		for _, l := range pb.GetLabel() {
-			if l.GetName() == "rollout" && !seen[l.GetValue()] {
-				seen[l.GetValue()] = true
-				out = append(out, l.GetValue())
-			}
+// Notified counts one notification delivery attempt by its result.
+func (m *Metrics) Notified(result string) { m.notifications.WithLabelValues(result).Inc() }
+
+// memoryCollector exports rollout_redis_memory_used_ratio from INFO memory.
+type memoryCollector struct {
+	st    *store.Store
+	owner string
+}
+
+func (c *memoryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- memoryDesc }
+
+func (c *memoryCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if c.owner != "" {
+		if leader, err := c.st.Leader(ctx); err != nil || leader != c.owner {
+			return
 		}
 	}
-	return out
+	used, limit, err := c.st.Memory(ctx)
+	if err != nil {
+		return
+	}
+	ratio := 0.0
+	if limit > 0 {
+		ratio = float64(used) / float64(limit)
+	}
+	gauge(ch, memoryDesc, ratio)
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -47,6 +48,25 @@ type Budget struct {
 	MaxFailed   int          `json:"max_failed"`
 	MinExecuted int          `json:"min_executed"`
 	Action      RolloutState `json:"action"` // paused or cancelled
+}
+
+// BudgetReason starts the reason a tripped failure budget writes on the
+// rollout (transitionScript in scripts.go writes the text).
+const BudgetReason = "failure budget exceeded"
+
+// BudgetTripped reports whether the failure budget stopped the rollout:
+// it is paused or cancelled, and the budget said so.
+func (r *Rollout) BudgetTripped() bool {
+	return (r.State == RolloutPaused || r.State == RolloutCancelled) && strings.HasPrefix(r.Reason, BudgetReason)
+}
+
+// BudgetLeft is how many more failures the budget allows before it trips
+// (0 once it has); ok is false without a budget.
+func (r *Rollout) BudgetLeft() (left int, ok bool) {
+	if r.Budget == nil {
+		return 0, false
+	}
+	return max(0, r.Budget.MaxFailed-r.Counts[Failed]), true
 }
 
 // Rollout is a rollout's record, without its per-CVM rows.

@@ -105,7 +105,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		// pointers it shares with the cached spec.
 		var own plan.Target
 		if err := json.Unmarshal([]byte(tr.Target), &own); err != nil {
-			return h.record(ctx, p, Next{Mode: store.ModeFinish, State: store.Failed, Reason: "stored target: " + err.Error()})
+			return h.record(ctx, p, Next{Mode: store.ModeFinish, State: store.Failed, Reason: "stored target: " + err.Error(), Attempt: attempt})
 		}
 		target = own
 	}
@@ -227,16 +227,31 @@ func (h *Handler) record(ctx context.Context, p Payload, n Next) error {
 		}
 		return &Snooze{After: n.Wait, Reason: n.Reason}
 	case store.ModeRequeue:
+		if tr.Changed() { // not when a cancel took the CVM meanwhile
+			h.log().Info("cvm retry", h.logFields(p, n, "retry_in", n.Wait.String())...)
+		}
 		return &retryAfter{err: errors.New(n.Reason), after: n.Wait}
 	}
 	if h.Observer != nil && tr.Changed() {
 		h.Observer.Outcome(p.Rollout, string(n.State))
 	}
-	if tr.Tripped != "" {
-		h.log().Warn("failure budget tripped", "rollout", p.Rollout, "cvm", p.CVM, "action", tr.Tripped)
+	if n.State == store.Failed && tr.Changed() {
+		h.log().Warn("cvm failed", h.logFields(p, n)...)
+	} else {
+		h.log().Debug("cvm finished", h.logFields(p, n, "state", string(n.State))...)
 	}
-	h.log().Debug("cvm finished", "rollout", p.Rollout, "cvm", p.CVM, "state", n.State, "reason", n.Reason)
+	if tr.Tripped != "" {
+		h.log().Warn("failure budget tripped", "rollout_id", p.Rollout, "cvm_id", p.CVM, "action", string(tr.Tripped))
+	}
 	return nil
+}
+
+// logFields are a CVM try's log fields, each its own: an on-call filters
+// on rollout_id, cvm_id or http_status and quotes request_id to the API's
+// support. The reason is the API's error line, which never holds the key.
+func (h *Handler) logFields(p Payload, n Next, more ...any) []any {
+	return append([]any{"rollout_id", p.Rollout, "cvm_id", p.CVM, "http_status", n.HTTP, "request_id", n.RequestID,
+		"attempt", n.Attempt, "reason", n.Reason}, more...)
 }
 
 // waitRunning polls GET /cvms/{id} with backoff (0.5s doubling to 10s)

@@ -11,6 +11,7 @@ import (
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/textsafe"
 )
 
 // Outcome is what one try of one CVM came to: the terminal state the try
@@ -31,6 +32,10 @@ type Next struct {
 	HTTP   int           // the API's status, 0 for none
 	Wait   time.Duration // before the next try (requeue, snooze)
 	Fields []string
+	// For the logs: the API's request_id (when it answered with one) and
+	// the try this was (1-based).
+	RequestID string
+	Attempt   int
 }
 
 // Decide is the one place that maps the outcome of try number attempt
@@ -45,10 +50,10 @@ type Next struct {
 //	Retry, the last attempt    finish failed "... (after N attempts)"
 func Decide(o Outcome, attempt int, rp plan.Retry) Next {
 	if o.Err == nil {
-		return Next{Mode: store.ModeFinish, State: o.State, Reason: o.Reason, Fields: o.Fields}
+		return Next{Mode: store.ModeFinish, State: o.State, Reason: o.Reason, Fields: o.Fields, Attempt: attempt}
 	}
 	d := Classify(o.Err)
-	n := Next{Reason: d.Reason, HTTP: d.HTTP, State: store.Pending}
+	n := Next{Reason: d.Reason, HTTP: d.HTTP, State: store.Pending, RequestID: d.RequestID, Attempt: attempt}
 	switch {
 	case d.Kind == Done:
 		n.Mode, n.State = store.ModeFinish, d.State
@@ -89,6 +94,8 @@ type Decision struct {
 	Reason string         // what the report shows
 	After  time.Duration  // for Throttle (and a Retry that carries Retry-After)
 	HTTP   int
+	// RequestID is the API's id of the answer, for the logs.
+	RequestID string
 }
 
 // Classify maps an API error from the GET or PATCH of one CVM to what the
@@ -102,7 +109,7 @@ type Decision struct {
 func Classify(err error) Decision {
 	var ae *api.Error
 	if errors.As(err, &ae) {
-		d := Decision{HTTP: ae.StatusCode, Reason: ae.Error()}
+		d := Decision{HTTP: ae.StatusCode, Reason: ae.Error(), RequestID: textsafe.Cut(ae.RequestID, maxRequestID)}
 		switch s := ae.StatusCode; {
 		case s == http.StatusTooManyRequests:
 			d.Kind, d.After = Throttle, ae.RetryAfter
@@ -128,6 +135,9 @@ func Classify(err error) Decision {
 	}
 	return Decision{Kind: Retry, Reason: err.Error()}
 }
+
+// maxRequestID bounds the request_id a log line carries (the server sent it).
+const maxRequestID = 100
 
 // Snooze is returned to asynq to re-run a task later without counting a
 // failed attempt (rollout paused, outside a window, throttled).

@@ -136,4 +136,9 @@ func TestDecide(t *testing.T) {
 	if n := Decide(Outcome{Err: apiErr(500, "boom", 0)}, 3, rp); !strings.HasSuffix(n.Reason, "boom (after 3 attempts)") {
 		t.Fatalf("reason %q", n.Reason)
 	}
+	// What the logs carry: the try and the API's request id.
+	n := Decide(Outcome{Err: &api.Error{Method: "PATCH", Path: "/cvms/x/network-config", StatusCode: 502, RequestID: "req_7"}}, 2, rp)
+	if n.Attempt != 2 || n.RequestID != "req_7" || n.HTTP != 502 {
+		t.Errorf("Decide = %+v, want attempt 2, request_id req_7, HTTP 502", n)
+	}
 }

@@ -2,13 +2,11 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/control"
-	"github.com/phalafleet/rollout/internal/metrics"
 	"github.com/phalafleet/rollout/internal/store"
 )
 
@@ -21,8 +19,7 @@ const MemoryWarn = 0.8
 type housekeeping struct {
 	ctl       *control.Control
 	log       *slog.Logger
-	mx        *metrics.Metrics // may be nil
-	retention time.Duration    // 0: no automatic prune
+	retention time.Duration // 0: no automatic prune
 	lastMem   time.Time
 	lastPrune time.Time
 }
@@ -39,11 +36,9 @@ func (h *housekeeping) onLead(ctx context.Context, now time.Time) {
 	}
 	if h.retention > 0 && now.Sub(h.lastPrune) >= pruneEvery {
 		h.lastPrune = now
-		o := control.PruneOptions{OlderThan: h.retention}
-		if h.mx != nil {
-			o.Forget = h.mx.Forget
-		}
-		pruned, err := h.ctl.Prune(ctx, now, o)
+		// The pruned rollouts' metric series are gone already: a worker
+		// drops a rollout's series a while after it leaves the active set.
+		pruned, err := h.ctl.Prune(ctx, now, control.PruneOptions{OlderThan: h.retention})
 		if err != nil {
 			h.log.Warn("retention prune", "err", store.Full(err))
 		}
@@ -53,8 +48,9 @@ func (h *housekeeping) onLead(ctx context.Context, now time.Time) {
 	}
 }
 
-// memory reads Redis's use of its maxmemory, exports it, and warns above
-// MemoryWarn: past maxmemory (noeviction) every write is refused.
+// memory reads Redis's use of its maxmemory and warns above MemoryWarn:
+// past maxmemory (noeviction) every write is refused. (The lock holder's
+// /metrics exports the same ratio at scrape time.)
 func (h *housekeeping) memory(ctx context.Context) {
 	used, limit, err := h.ctl.Store.Memory(ctx)
 	if err != nil {
@@ -67,31 +63,8 @@ func (h *housekeeping) memory(ctx context.Context) {
 	if limit > 0 {
 		ratio = float64(used) / float64(limit)
 	}
-	if h.mx != nil {
-		h.mx.RedisMemory(ratio)
-	}
 	if ratio > MemoryWarn {
 		h.log.Warn("Redis is above 80% of its maxmemory: writes are refused once it is full; raise maxmemory or prune finished rollouts (rollout prune, worker --retention)",
 			"used_bytes", used, "maxmemory_bytes", limit, "ratio", ratio)
-	}
-}
-
-// forgetPruned drops this worker's per-rollout series of rollouts that
-// were pruned (by any process) or are gone, once an hour in every worker.
-func forgetPruned(ctx context.Context, st *store.Store, mx *metrics.Metrics) {
-	t := time.NewTicker(pruneEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, id := range mx.Rollouts() {
-			r, err := st.Get(ctx, id)
-			if errors.Is(err, store.ErrNotFound) || err == nil && (!r.PrunedAt.IsZero() || r.Pruning != "") {
-				mx.Forget(id)
-			}
-		}
 	}
 }

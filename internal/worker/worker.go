@@ -37,8 +37,11 @@ type Config struct {
 	Log  *slog.Logger
 	// ControllerInterval is how often the controller looks at rollouts.
 	ControllerInterval time.Duration
-	// MetricsAddr serves /metrics and /healthz when set (e.g. :9090).
-	MetricsAddr string
+	// HTTPAddr, when set (e.g. :9090), serves /metrics, /healthz (the
+	// process is alive), /readyz (Redis answers) and Root at /.
+	HTTPAddr string
+	// Root is served at / on HTTPAddr (the web dashboard); nil: 404.
+	Root http.Handler
 	// Fetchers is how many asynq servers share Concurrency (0: Fetchers
 	// picks). See fetchers.
 	Fetchers int
@@ -101,8 +104,8 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	defer unregister()
 	h := &tasks.Handler{Store: st, API: cfg.API, Worker: cfg.Name, Pacer: &tasks.Pacer{L: lim, Defaults: cfg.Rate}, Log: cfg.Log}
 	var mx *metrics.Metrics
-	if cfg.MetricsAddr != "" {
-		mx = metrics.New(st)
+	if cfg.HTTPAddr != "" {
+		mx = metrics.New(metrics.Options{Store: st, Owner: cfg.Name, Rate: cfg.Rate})
 		h.API, h.Observer = mx.Instrument(cfg.API), mx
 	}
 	// The servers share the handler (and its spec cache); each gets its
@@ -144,19 +147,16 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		}
 		srvs = append(srvs, srv)
 	}
-	// Healthy: the servers share one Redis client, so one ping answers for
-	// all of them.
-	ping := func() error { return srvs[0].Ping() }
 	if mx != nil {
-		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
 			stop()
-			return fmt.Errorf("--metrics-addr: %v", err)
+			return fmt.Errorf("--http-addr: %v", err)
 		}
-		hs := &http.Server{Handler: mx.Handler(ping), ReadHeaderTimeout: 5 * time.Second}
+		hs := &http.Server{Handler: mx.Handler(cfg.Root), ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(ln)
 		defer hs.Close()
-		cfg.Log.Info("metrics", "addr", ln.Addr().String())
+		cfg.Log.Info("http listening", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{}, 3)
@@ -167,9 +167,6 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		d.Observe = mx.Notified
 	}
 	go func() { defer func() { done <- struct{}{} }(); d.Run(cctx) }()
-	if mx != nil {
-		go forgetPruned(cctx, st, mx) // returns with cctx; nothing to wait for
-	}
 	go func() {
 		defer func() { done <- struct{}{} }()
 		if cfg.NotifyDefault.URL == "" {
@@ -191,7 +188,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	go func() {
 		defer func() { done <- struct{}{} }()
 		c := control.New(rdb)
-		hk := &housekeeping{ctl: c, log: cfg.Log, mx: mx, retention: cfg.Retention}
+		hk := &housekeeping{ctl: c, log: cfg.Log, retention: cfg.Retention}
 		ctl := &control.Controller{Control: c, Owner: cfg.Name, Log: cfg.Log, Reaper: lim,
 			StallAfter: cfg.StallAfter, OnLead: hk.onLead}
 		if r, ok := cfg.API.(plan.Reader); ok {
