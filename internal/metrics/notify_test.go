@@ -3,7 +3,7 @@ package metrics
 import (
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // TestNotified counts delivery attempts by result.
@@ -12,7 +12,14 @@ func TestNotified(t *testing.T) {
 	m.Notified("delivered")
 	m.Notified("delivered")
 	m.Notified("failed")
-	if d, f := testutil.ToFloat64(m.notifications.WithLabelValues("delivered")), testutil.ToFloat64(m.notifications.WithLabelValues("failed")); d != 2 || f != 1 {
+	count := func(result string) float64 {
+		var pb dto.Metric
+		if err := m.notifications.WithLabelValues(result).Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		return pb.GetCounter().GetValue()
+	}
+	if d, f := count("delivered"), count("failed"); d != 2 || f != 1 {
 		t.Fatalf("delivered %v, failed %v", d, f)
 	}
 }
