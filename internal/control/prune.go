@@ -136,7 +136,7 @@ func (c *Control) prune(ctx context.Context, r *store.Rollout, p *Pruned, o Prun
 		}
 		p.Exported = true
 	}
-	if err := c.Store.MarkPruning(ctx, r.ID, p.Mode, now); err != nil {
+	if err := c.Store.MarkPruning(ctx, r.ID, p.Mode); err != nil {
 		return err
 	}
 	insp := asynq.NewInspectorFromRedisClient(c.Store.Redis())

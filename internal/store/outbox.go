@@ -252,15 +252,6 @@ func (s *Store) OutboxFamilies(ctx context.Context) (fams []string, listed map[s
 	return fams, listed, nil
 }
 
-// NextDue is when the family's next notification is due (ok false: none).
-func (s *Store) NextDue(ctx context.Context, family string) (time.Time, bool, error) {
-	zs, err := s.rdb.ZRangeWithScores(ctx, OutboxDueKey(family), 0, 0).Result()
-	if err != nil || len(zs) == 0 {
-		return time.Time{}, false, err
-	}
-	return time.UnixMilli(int64(zs[0].Score)), true, nil
-}
-
 // ForgetOutboxFamily takes a family with nothing due off OutboxFamiliesKey,
 // then looks again and puts it back if something became due meanwhile.
 func (s *Store) ForgetOutboxFamily(ctx context.Context, family string) error {

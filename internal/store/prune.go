@@ -23,21 +23,12 @@ const (
 
 // MarkPruning records that rollout id is being pruned (mode), unless it
 // is marked already (a re-run keeps the first mode, and all wins).
-func (s *Store) MarkPruning(ctx context.Context, id, mode string, now time.Time) error {
+func (s *Store) MarkPruning(ctx context.Context, id, mode string) error {
 	key := RolloutKey(id)
 	if mode == PruneAll {
 		return s.rdb.HSet(ctx, key, "pruning", PruneAll).Err()
 	}
 	return s.rdb.HSetNX(ctx, key, "pruning", mode).Err()
-}
-
-// PruneMark is the mode a prune of id left unfinished ("": none).
-func (s *Store) PruneMark(ctx context.Context, id string) (string, error) {
-	v, err := s.rdb.HGet(ctx, RolloutKey(id), "pruning").Result()
-	if err == redis.Nil {
-		return "", nil
-	}
-	return v, err
 }
 
 // DropRecords deletes the per-CVM records of id (batches of chunk), then
