@@ -18,6 +18,6 @@ func main() {
 	defer stop()
 	if err := cli.Run(ctx, cli.OSEnv(), os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "rollout:", textsafe.Line(err.Error()))
-		os.Exit(1)
+		os.Exit(cli.ExitCode(ctx, err))
 	}
 }

@@ -24,6 +24,6 @@ func main() {
 			msg = "worker: " + msg
 		}
 		fmt.Fprintln(os.Stderr, msg)
-		os.Exit(1)
+		os.Exit(cli.ExitCode(ctx, err))
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,9 +38,11 @@ func buildWorker(t *testing.T) string {
 	return bin
 }
 
-func startWorker(t *testing.T, bin string, b *testutil.Bundle) *exec.Cmd {
+// startWorker starts a worker process on b's Redis and simulator; extra
+// flags come after (and override) the defaults.
+func startWorker(t *testing.T, bin string, b *testutil.Bundle, extra ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(bin, "--concurrency", "8", "--shutdown-timeout", "10s")
+	cmd := exec.Command(bin, append([]string{"--concurrency", "8", "--shutdown-timeout", "10s"}, extra...)...)
 	cmd.Env = append(os.Environ(), "PHALA_CLOUD_API_KEY="+b.Key, "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+b.RedisURL)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -140,7 +141,7 @@ func TestRedisRestartWithPersistence(t *testing.T) {
 		t.Skip("redis-server is not installed")
 	}
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	start := func() *exec.Cmd {
 		cmd := exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 			"--appendonly", "yes", "--appendfsync", "always", "--save", "")
@@ -186,16 +187,6 @@ func TestRedisRestartWithPersistence(t *testing.T) {
 			t.Errorf("%s patched %d times", id, n)
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // TestAllWorkersKilledDuringBake: the only worker dies with SIGKILL while a

@@ -20,17 +20,26 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 	fs := flag.NewFlagSet("apply", flag.ContinueOnError)
 	file := fs.String("f", "", "rollout file")
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
-	wait := fs.Bool("wait", false, "follow the rollout until it ends")
+	wait := fs.Bool("wait", false, "follow the rollout until it ends or pauses (exit status: README \"Exit status\")")
+	timeout := fs.Duration("timeout", 0, "with --wait: stop waiting after this long, exit status 6 (0: no limit)")
 	out := fs.String("o", "table", "output: table or json")
 	redisURL := fs.String("redis", "", "Redis URL (default $REDIS_URL)")
 	version := fs.String("api-version", "", "X-Phala-Version to send")
 	readTimeout := readTimeoutFlag(fs)
 	planHash := fs.String("plan-hash", "", "apply only if a fresh plan has this plan_hash (from `plan`): refuse if the fleet changed since")
 	overlap := fs.Bool("allow-overlap", false, "skip the selected CVMs that another active rollout holds, instead of refusing")
+	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	if err := checkFormat(*out, "table", "json"); err != nil {
+		return err
+	}
+	if *timeout < 0 {
+		return usageErr("apply: --timeout %s: must not be negative", *timeout)
+	}
+	e, err := e.withKeyFile(*keyFile)
+	if err != nil {
 		return err
 	}
 	rdb, err := openRedis(ctx, e, *redisURL)
@@ -49,7 +58,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		printPlan(e.Stdout, p, 50)
 	}
 	if !*yes {
-		if err := confirm(e, fmt.Sprintf("Apply rollout %s to %d CVMs?", p.ID, p.Counts[plan.Patch])); err != nil {
+		if err := confirm(ctx, e, fmt.Sprintf("Apply rollout %s to %d CVMs?", p.ID, p.Counts[plan.Patch])); err != nil {
 			return err
 		}
 	}
@@ -61,17 +70,21 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		// The plan the operator pinned was not recorded: a run is going.
 		return fmt.Errorf("the plan with hash %s was not applied: run %s of %s is still %s; apply again when it has ended", *planHash, a.ID, a.RunOf, a.State)
 	}
-	if *out == "json" && !*wait {
-		return writeJSON(e.Stdout, a)
-	}
+	st := store.New(rdb)
 	if *out == "table" {
 		printApplied(e.Stdout, a, p.Counts[plan.Patch])
 		printOverlap(e.Stdout, a.Overlap)
 	}
+	if a.State != store.RolloutCompleted {
+		warnNoWorkers(e, st, a.ID)
+	}
+	if *out == "json" && !*wait {
+		return writeJSON(e.Stdout, a)
+	}
 	if !*wait {
 		return nil
 	}
-	r, err := watch(ctx, e, store.New(rdb), a.ID, *out == "table", true, time.Second)
+	r, err := watch(ctx, e, st, a.ID, watchOpts{format: *out, untilPaused: true, timeout: *timeout, every: time.Second})
 	if err != nil {
 		return err
 	}

@@ -397,8 +397,8 @@ func TestApplyWaitExitStatus(t *testing.T) {
 	b.Sim.FailPatch(b.Sim.IDs()[3], 422)
 	b.Workers(t, 1, 50) // two asynq servers (worker.fetchers), listed as one worker
 	_, _, err := run(t, b, "apply", "-f", file, "--yes", "--wait")
-	if err == nil || !strings.Contains(err.Error(), "completed with 1 failed CVMs") {
-		t.Fatalf("apply --wait: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "completed with 1 failed CVMs") || ExitCode(context.Background(), err) != ExitFailed {
+		t.Fatalf("apply --wait: %v (exit status %d, want %d)", err, ExitCode(context.Background(), err), ExitFailed)
 	}
 	out := mustRun(t, b, "workers")
 	if !strings.Contains(out, "CONCURRENCY") {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/hibiken/asynq"
 	"os"
 	"path/filepath"
 	"time"
@@ -120,7 +121,13 @@ func runDemo(ctx context.Context, e *Env, args []string) error {
 		}()
 	}
 	applyStart := time.Now()
-	r, err := watch(ctx, e, store.New(rdb), a.ID, true, true, 500*time.Millisecond)
+	// Let the workers register first, or the watch's first line warns
+	// that none is alive.
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	for end := time.Now().Add(5 * time.Second); liveWorkers(insp) < 1 && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	r, err := watch(ctx, e, store.New(rdb), a.ID, watchOpts{format: "table", untilPaused: true, every: 500 * time.Millisecond})
 	cancel()
 	for range *workers {
 		<-done

@@ -25,12 +25,13 @@ func runEvents(ctx context.Context, e *Env, args []string) error {
 	}
 	defer closeRedis()
 	if *last < 0 {
-		return fmt.Errorf("events: --last %d: must be 0 (all) or more", *last)
+		return usageErr("events: --last %d: must be 0 (all) or more", *last)
 	}
-	if _, err := st.Get(ctx, pos[0]); err != nil {
+	id, err := resolve(ctx, st, "events", pos[0])
+	if err != nil {
 		return err
 	}
-	evs, err := st.Events(ctx, pos[0], *last)
+	evs, err := st.Events(ctx, id, *last)
 	if err != nil {
 		return err
 	}

@@ -109,7 +109,7 @@ func TestWorkerJSONLogs(t *testing.T) {
 // anything starts.
 func TestLogFormatBad(t *testing.T) {
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 1, Seed: 1})
-	for _, cmd := range []string{"worker", "sim", "demo"} {
+	for _, cmd := range []string{"worker", "sim", "demo", "dashboard"} {
 		_, _, err := run(t, b, cmd, "--log-format", "yaml")
 		if err == nil || !strings.Contains(err.Error(), "--log-format yaml: expected text or json") {
 			t.Errorf("%s --log-format yaml: %v", cmd, err)

@@ -1,9 +1,13 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/control"
@@ -86,11 +90,23 @@ func runCancel(ctx context.Context, e *Env, args []string) error {
 }
 
 func runPromote(ctx context.Context, e *Env, args []string) error {
-	id, c, done, err := opFlags(ctx, e, "promote", args, nil)
+	var full bool
+	id, c, done, err := opFlags(ctx, e, "promote", args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&full, "full", false, "also pass every later manual gate (later bakes still run); recorded in the audit trail")
+	})
 	if err != nil {
 		return err
 	}
 	defer done()
+	if full {
+		r, err := c.PromoteFull(ctx, id, whoAmI(), time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.Stdout, "rollout %s: stage %d (%s) and every later manual gate promoted; each stage starts when the one before is done\n",
+			id, r.Stage+1, r.Stages[r.Stage].Name)
+		return nil
+	}
 	r, err := c.Promote(ctx, id, whoAmI(), time.Now())
 	if err != nil {
 		return err
@@ -101,20 +117,71 @@ func runPromote(ctx context.Context, e *Env, args []string) error {
 
 func runRetry(ctx context.Context, e *Env, args []string) error {
 	var failed bool
+	var idsFrom string
 	id, c, done, err := opFlags(ctx, e, "retry", args, func(fs *flag.FlagSet) {
-		fs.BoolVar(&failed, "failed", false, "re-queue the failed CVMs (required: the only kind retry takes)")
+		fs.BoolVar(&failed, "failed", false, "re-queue every failed CVM")
+		fs.StringVar(&idsFrom, "ids", "", "re-queue exactly the failed CVMs listed in this file, one id a line (- reads stdin; e.g. from report --state failed -o ids)")
 	})
 	if err != nil {
 		return err
 	}
 	defer done()
-	if !failed {
-		return fmt.Errorf("retry: say which CVMs: --failed")
+	switch {
+	case failed && idsFrom != "":
+		return usageErr("retry: give --failed or --ids, not both")
+	case failed:
+		n, err := c.RetryFailed(ctx, id, whoAmI(), time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.Stdout, "rollout %s: %d failed CVMs queued again\n", id, n)
+		return nil
+	case idsFrom != "":
+		cvms, err := readIDs(e, idsFrom)
+		if err != nil {
+			return err
+		}
+		n, err := c.RetryIDs(ctx, id, whoAmI(), cvms, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.Stdout, "rollout %s: %d failed CVMs queued again\n", id, n)
+		return nil
 	}
-	n, err := c.RetryFailed(ctx, id, whoAmI(), time.Now())
-	if err != nil {
-		return err
+	return usageErr("retry: say which CVMs: --failed, or --ids FILE (- for stdin)")
+}
+
+// readIDs reads CVM ids, one a line (blank lines and # comments skipped),
+// from a file or, for "-", stdin.
+func readIDs(e *Env, from string) ([]string, error) {
+	var r io.Reader = e.Stdin
+	if from != "-" {
+		f, err := os.Open(from)
+		if err != nil {
+			return nil, fmt.Errorf("retry --ids: %w", err)
+		}
+		defer f.Close()
+		r = f
+	} else if r == nil {
+		return nil, fmt.Errorf("retry --ids -: no stdin")
 	}
-	fmt.Fprintf(e.Stdout, "rollout %s: %d failed CVMs queued again\n", id, n)
-	return nil
+	var ids []string
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.ContainsAny(line, " \t,") {
+			return nil, fmt.Errorf("retry --ids: %s line %d: %q: one CVM id a line", from, n, line)
+		}
+		ids = append(ids, line)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("retry --ids: %s: %w", from, err)
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("retry --ids: %s holds no CVM id", from)
+	}
+	return ids, nil
 }

@@ -21,10 +21,15 @@ func runPlan(ctx context.Context, e *Env, args []string) error {
 	version := fs.String("api-version", "", "X-Phala-Version to send (default 2026-01-21)")
 	all := fs.Bool("all", false, "table: list every CVM, not only the first 50 of each action")
 	readTimeout := readTimeoutFlag(fs)
+	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	if err := checkFormat(*out, "table", "json"); err != nil {
+		return err
+	}
+	e, err := e.withKeyFile(*keyFile)
+	if err != nil {
 		return err
 	}
 	p, err := buildPlan(ctx, e, *file, *version, *readTimeout)

@@ -56,7 +56,7 @@ func runRollback(ctx context.Context, e *Env, args []string) error {
 		return nil
 	}
 	if !*yes {
-		if err := confirm(e, fmt.Sprintf("Roll back %d CVMs of %s to their before-images?", p.Counts[plan.Patch], id)); err != nil {
+		if err := confirm(ctx, e, fmt.Sprintf("Roll back %d CVMs of %s to their before-images?", p.Counts[plan.Patch], id)); err != nil {
 			return err
 		}
 	}

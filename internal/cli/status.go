@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"encoding/csv"
+	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -11,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/textsafe"
@@ -18,22 +21,21 @@ import (
 
 func runStatus(ctx context.Context, e *Env, args []string) error {
 	c := newRedisCmd("status", "table", "json")
-	w := c.fs.Bool("watch", false, "follow live until the rollout ends")
-	pos, st, closeRedis, err := c.open(ctx, e, args, 1)
+	w := c.fs.Bool("watch", false, "follow live until the rollout ends (a view redrawn in place on a terminal; NDJSON with -o json)")
+	timeout := c.fs.Duration("timeout", 0, "with --watch: stop watching after this long, exit status 6 (e.g. 30m; 0: no limit)")
+	id, st, closeRedis, err := c.openOne(ctx, e, args)
 	if err != nil {
 		return err
 	}
 	defer closeRedis()
-	id, out := pos[0], c.out
+	out := c.out
+	if *timeout < 0 {
+		return usageErr("status: --timeout %s: must not be negative", *timeout)
+	}
 	if *w {
-		r, err := watch(ctx, e, st, id, *out == "table", false, time.Second)
+		r, err := watch(ctx, e, st, id, watchOpts{format: *out, stream: true, timeout: *timeout, every: time.Second})
 		if err != nil {
 			return err
-		}
-		if *out == "json" {
-			if err := writeJSON(e.Stdout, statusJSON(r)); err != nil {
-				return err
-			}
 		}
 		return outcome(r)
 	}
@@ -49,12 +51,16 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	workers := liveWorkers(asynq.NewInspectorFromRedisClient(st.Redis()))
 	if *out == "json" {
 		s := statusJSON(r)
-		s.RecentFailures, s.RecentEvents = failures, events
+		s.RecentFailures, s.RecentEvents, s.WorkersAlive = failures, events, &workers
 		return writeStatusJSON(ctx, e.Stdout, st, s)
 	}
 	printStatus(e.Stdout, r)
+	if workers == 0 && !r.State.Finished() {
+		fmt.Fprintln(e.Stdout, "\nWarning: no worker is alive: nothing moves until one starts (`worker`).")
+	}
 	printDeadWorkers(ctx, e.Stdout, st, id)
 	printFailures(e.Stdout, failures)
 	if len(events) > 0 {
@@ -67,83 +73,38 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 // recentEvents is how many audit-trail lines status shows.
 const recentEvents = 5
 
-// Status is `status -o json`: stable snake_case fields.
+// Status is `status -o json`: stable snake_case fields. done counts every
+// CVM in a final state (cancelled and skipped ones too); patched of
+// to_patch is the progress of the PATCHes.
 type Status struct {
 	*store.Rollout
 	Done           int           `json:"done"`
+	Patched        int           `json:"patched"`
+	ToPatch        int           `json:"to_patch"`
+	WorkersAlive   *int          `json:"workers_alive,omitempty"` // status only: live worker processes (-1: could not tell)
 	RecentFailures []string      `json:"recent_failures,omitempty"`
 	RecentEvents   []store.Event `json:"recent_events,omitempty"`
 }
 
-func statusJSON(r *store.Rollout) Status { return Status{Rollout: r, Done: done(r.Counts)} }
-
-func done(c map[store.CVMState]int) int {
-	n := 0
-	for st, v := range c {
-		if st.Terminal() {
-			n += v
-		}
-	}
-	return n
+func statusJSON(r *store.Rollout) Status {
+	return Status{Rollout: r, Done: done(r.Counts), Patched: r.Counts[store.Succeeded], ToPatch: toPatch(r)}
 }
 
-// outcome is the exit status of a watched rollout: an error line unless it
-// completed with no failed CVM, so scripts can rely on `apply --wait`.
+func done(c map[store.CVMState]int) int { return store.DoneOf(c) }
+
+// outcome is the exit status of a watched rollout: an error line (with its
+// own exit status) unless it completed with no failed CVM, so scripts can
+// rely on `apply --wait` and `status --watch`.
 func outcome(r *store.Rollout) error {
 	switch {
 	case r.State == store.RolloutCancelled:
-		return fmt.Errorf("rollout %s was cancelled: %s", r.ID, r.Reason)
+		return withCode(ExitCancelled, fmt.Errorf("rollout %s was cancelled: %s", r.ID, r.Reason))
 	case r.State == store.RolloutPaused:
-		return fmt.Errorf("rollout %s is paused: %s", r.ID, r.Reason)
+		return withCode(ExitPaused, fmt.Errorf("rollout %s is paused: %s", r.ID, r.Reason))
 	case r.Counts[store.Failed] > 0:
-		return fmt.Errorf("rollout %s completed with %d failed CVMs (rollout report %s --state failed)", r.ID, r.Counts[store.Failed], r.ID)
+		return withCode(ExitFailed, fmt.Errorf("rollout %s completed with %d failed CVMs (rollout report %s --state failed)", r.ID, r.Counts[store.Failed], r.ID))
 	}
 	return nil
-}
-
-// watch prints a progress line every interval until the rollout ends.
-// With untilPaused it also returns when the rollout is paused (apply
-// --wait: a paused rollout needs a person).
-func watch(ctx context.Context, e *Env, st *store.Store, id string, print, untilPaused bool, every time.Duration) (*store.Rollout, error) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	last := ""
-	for {
-		r, err := st.Get(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if line := progressLine(r); print && line != last {
-			fmt.Fprintln(e.Stdout, time.Now().Format("15:04:05")+"  "+line)
-			last = line
-		}
-		if r.State.Finished() || untilPaused && r.State == store.RolloutPaused {
-			if print {
-				fmt.Fprintln(e.Stdout)
-				printStatus(e.Stdout, r)
-			}
-			return r, nil
-		}
-		select {
-		case <-ctx.Done():
-			return r, ctx.Err()
-		case <-t.C:
-		}
-	}
-}
-
-func progressLine(r *store.Rollout) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%-9s %d/%d done", r.State, done(r.Counts), r.Total)
-	for _, s := range store.CVMStates {
-		if n := r.Counts[s]; n > 0 {
-			fmt.Fprintf(&b, "  %s=%d", s, n)
-		}
-	}
-	if r.Reason != "" {
-		fmt.Fprintf(&b, "  (%s)", textsafe.Cell(r.Reason)) // an operator's --reason may hold anything
-	}
-	return b.String()
 }
 
 func printStatus(w io.Writer, r *store.Rollout) {
@@ -155,7 +116,7 @@ func printStatus(w io.Writer, r *store.Rollout) {
 	if b := r.Budget; b != nil {
 		fmt.Fprintf(w, "Budget:   %s after %d failures (once %d CVMs executed)\n", tripVerb(string(b.Action)), b.MaxFailed+1, b.MinExecuted)
 	}
-	fmt.Fprintf(w, "Progress: %d/%d CVMs done\n\n", done(r.Counts), r.Total)
+	fmt.Fprintf(w, "Progress: %s\n\n", countsLine(r))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "STAGE\tSIZE\t")
 	for _, s := range store.CVMStates {
@@ -213,30 +174,26 @@ func runList(ctx context.Context, e *Env, args []string) error {
 		return writeJSON(e.Stdout, map[string]any{"rollouts": l})
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tDONE\tFAILED\tCREATED\tBY")
+	fmt.Fprintln(tw, "ID\tSTATE\tPATCHED\tFAILED\tCREATED\tBY")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\t%s\n", r.ID, r.State, done(r.Counts), r.Total, r.Counts[store.Failed],
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\t%s\n", r.ID, r.State, r.Counts[store.Succeeded], toPatch(r), r.Counts[store.Failed],
 			r.CreatedAt.Local().Format(time.RFC3339), r.CreatedBy)
 	}
 	return tw.Flush()
 }
 
 func runReport(ctx context.Context, e *Env, args []string) error {
-	c := newRedisCmd("report", "table", "csv", "json")
+	c := newRedisCmd("report", "table", "csv", "json", "ids")
 	state := c.fs.String("state", "", "only rows in this state (e.g. failed)")
-	pos, st, closeRedis, err := c.open(ctx, e, args, 1)
+	if err := checkState(c.fs, args, state); err != nil {
+		return err
+	}
+	id, st, closeRedis, err := c.openOne(ctx, e, args)
 	if err != nil {
 		return err
 	}
 	defer closeRedis()
-	if *state != "" && !slices.Contains(store.CVMStates, store.CVMState(*state)) {
-		names := make([]string, len(store.CVMStates))
-		for i, s := range store.CVMStates {
-			names[i] = string(s)
-		}
-		return fmt.Errorf("report: --state %s: expected one of %s", *state, strings.Join(names, ", "))
-	}
-	r, err := st.Get(ctx, pos[0])
+	r, err := st.Get(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -244,7 +201,7 @@ func runReport(ctx context.Context, e *Env, args []string) error {
 		return fmt.Errorf("report: %s was pruned (rollout prune): its per-CVM records are gone; status shows its summary, and prune --export wrote its report before", r.ID)
 	}
 	kms, gw := urlColumns(r)
-	return writeReport(ctx, e.Stdout, st, pos[0], c.format(), *state, kms, gw)
+	return writeReport(ctx, e.Stdout, st, id, c.format(), *state, kms, gw)
 }
 
 // urlColumns is which URL lists the report table shows: those the
@@ -262,12 +219,41 @@ func urlColumns(r *store.Rollout) (kms, gw bool) {
 	return kms, gw
 }
 
+// checkState checks report's --state before anything else (a usage error
+// is not worth a Redis connection).
+func checkState(fs *flag.FlagSet, args []string, state *string) error {
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *state != "" && !slices.Contains(store.CVMStates, store.CVMState(*state)) {
+		names := make([]string, len(store.CVMStates))
+		for i, s := range store.CVMStates {
+			names[i] = string(s)
+		}
+		return usageErr("report: --state %s: expected one of %s", *state, strings.Join(names, ", "))
+	}
+	return nil
+}
+
 var reportHeader = []string{"cvm_id", "name", "stage", "state", "reason", "attempts", "previous_kms_urls", "previous_gateway_urls",
 	"applied_kms_urls", "applied_gateway_urls", "http_status", "started_at", "finished_at", "worker"}
 
 func writeReport(ctx context.Context, w io.Writer, st *store.Store, id, format, only string, kms, gw bool) error {
 	keep := func(r store.CVMRecord) bool { return only == "" || string(r.State) == only }
 	switch format {
+	case "ids": // one bare id a line: what retry --ids reads
+		bw := bufio.NewWriter(w)
+		err := st.Records(ctx, id, func(r store.CVMRecord) error {
+			if keep(r) {
+				_, err := fmt.Fprintln(bw, r.CVMID)
+				return err
+			}
+			return nil
+		})
+		if ferr := bw.Flush(); err == nil {
+			err = ferr
+		}
+		return err
 	case "json":
 		var rows []store.CVMRecord
 		if err := st.Records(ctx, id, func(r store.CVMRecord) error {

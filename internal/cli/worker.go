@@ -10,10 +10,12 @@ import (
 
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/control"
+	"github.com/phalafleet/rollout/internal/dashboard"
 	"github.com/phalafleet/rollout/internal/notify"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/store"
+	build "github.com/phalafleet/rollout/internal/version"
 	"github.com/phalafleet/rollout/internal/worker"
 )
 
@@ -28,7 +30,7 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	var lf logFlags
 	lf.register(fs, true)
 	var httpAddr string
-	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. :9090)")
+	fs.StringVar(&httpAddr, "http-addr", "", "serve /metrics (Prometheus), /healthz, /readyz and the read-only web dashboard on this address (e.g. :9090)")
 	fs.StringVar(&httpAddr, "metrics-addr", "", "the older name of --http-addr")
 	rate := fs.Float64("rate", 0, "default API requests/s per rollout, across all workers, where the file sets no rate.per_second")
 	inFlight := fs.Int("max-in-flight", 0, "default CVMs in flight per rollout, across all workers, where the file sets no rate.max_in_flight")
@@ -37,18 +39,28 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	notifyAge := fs.Duration("notify-max-age", notify.DefaultMaxAge, "retry a notification with backoff until the event is this old")
 	notifyLease := fs.Duration("notify-lease", notify.DefaultLease, "how long a claimed notification is this worker's before another may send it again")
 	notifyTimeout := fs.Duration("notify-timeout", notify.DefaultTimeout, "time limit of one notification POST (below --notify-lease)")
-	dashboard := fs.String("dashboard-url", "", "base URL of the dashboard, for the link in notifications")
+	dashboardURL := fs.String("dashboard-url", "", "base URL of the dashboard, for the link in notifications")
 	stall := fs.Duration("stall-after", control.DefaultStallAfter, "report a running rollout stalled after this long without progress (0: never)")
 	var retention age
 	fs.Var(&retention, "retention", "prune finished rollouts this long after their end, once an hour (e.g. 90d; off by default)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	keyFile := keyFileFlag(fs)
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
+	if *showVersion {
+		fmt.Fprintln(e.Stdout, "worker", build.Get())
+		return nil
+	}
+	e, err := e.withKeyFile(*keyFile)
+	if err != nil {
+		return err
+	}
 	if *conc < 1 {
-		return fmt.Errorf("worker: --concurrency %d: must be at least 1", *conc)
+		return usageErr("worker: --concurrency %d: must be at least 1", *conc)
 	}
 	def := store.NotifyTarget{URL: *notifyURL, SecretEnv: *notifySecret}
-	if err := checkNotifyFlags(def, *notifyLease, *notifyTimeout, *notifyAge, *dashboard); err != nil {
+	if err := checkNotifyFlags(def, *notifyLease, *notifyTimeout, *notifyAge, *dashboardURL); err != nil {
 		return err
 	}
 	if *stall == 0 {
@@ -82,7 +94,8 @@ func RunWorker(ctx context.Context, e *Env, args []string) error {
 	log.Info("worker started", "concurrency", *conc)
 	err = worker.Run(ctx, rdb, worker.Config{Concurrency: *conc, ShutdownTimeout: *drain, API: c, Log: log, ControllerInterval: time.Second,
 		Rate: plan.Rate{PerSecond: *rate, MaxInFlight: *inFlight}, HTTPAddr: httpAddr,
-		Notify:        notify.Options{Lease: *notifyLease, Timeout: *notifyTimeout, MaxAge: *notifyAge, Dashboard: *dashboard, Getenv: e.Getenv},
+		Root:          dashboard.New(dashboard.Config{RDB: rdb, Log: log}), // read-only: actions need `rollout dashboard --token-file`
+		Notify:        notify.Options{Lease: *notifyLease, Timeout: *notifyTimeout, MaxAge: *notifyAge, Dashboard: *dashboardURL, Getenv: e.Getenv},
 		NotifyDefault: def, Retention: retention.d, StallAfter: *stall})
 	log.Info("worker stopped")
 	return err

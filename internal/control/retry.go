@@ -19,6 +19,21 @@ import (
 // CVMs are claimed again: one that another rollout took since this one
 // ended is not worked twice, but recorded failed again, naming it.
 func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time) (int, error) {
+	return c.retry(ctx, id, who, "--failed", nil, now)
+}
+
+// RetryIDs is RetryFailed for exactly the CVMs named (retry --ids, e.g.
+// from `report --state failed -o ids`): each must be failed in the
+// rollout, or nothing changes and the error names the first that is not.
+func (c *Control) RetryIDs(ctx context.Context, id, who string, cvms []string, now time.Time) (int, error) {
+	if len(cvms) == 0 {
+		return 0, fmt.Errorf("retry --ids: no CVM ids given")
+	}
+	return c.retry(ctx, id, who, "--ids", cvms, now)
+}
+
+// retry resets the failed CVMs of only (all failed ones when only is nil).
+func (c *Control) retry(ctx context.Context, id, who, how string, only []string, now time.Time) (int, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
 		return 0, err
@@ -40,9 +55,14 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	if err != nil {
 		return 0, err
 	}
+	if only != nil {
+		if failed, err = c.onlyFailed(ctx, id, failed, only); err != nil {
+			return 0, err
+		}
+	}
 	if len(failed) > 0 {
 		var ne *store.NotAllowedError
-		_, _, err = c.Store.Retry(ctx, id, who, failed, now)
+		_, _, err = c.Store.Retry(ctx, id, who, how, failed, now)
 		switch {
 		case errors.As(err, &ne) && ne.State == store.RolloutCancelled:
 			return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
@@ -56,6 +76,32 @@ func (c *Control) RetryFailed(ctx context.Context, id, who string, now time.Time
 	// reset but did not get to queue (task ids keep a CVM from being
 	// queued twice).
 	return c.requeue(ctx, id, spec)
+}
+
+// onlyFailed checks that every id of want is failed in rollout id and
+// returns them, each once, in the order given.
+func (c *Control) onlyFailed(ctx context.Context, id string, failed, want []string) ([]string, error) {
+	isFailed := map[string]bool{}
+	for _, f := range failed {
+		isFailed[f] = true
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, cvm := range want {
+		if seen[cvm] {
+			continue
+		}
+		seen[cvm] = true
+		if !isFailed[cvm] {
+			rec, err := c.Store.Record(ctx, id, cvm)
+			if err != nil {
+				return nil, fmt.Errorf("retry --ids: CVM %q is not in rollout %s; nothing was retried", cvm, id)
+			}
+			return nil, fmt.Errorf("retry --ids: CVM %s is %s in rollout %s, not failed; nothing was retried", cvm, rec.State, id)
+		}
+		out = append(out, cvm)
+	}
+	return out, nil
 }
 
 // requeue queues every pending CVM with a task generation of its own (what
@@ -104,6 +150,34 @@ func (c *Control) requeue(ctx context.Context, id string, spec *plan.File) (int,
 // gate, or before its bake has run out. Of two promotes at once, one is
 // recorded; the other is told the stage moved on.
 func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*store.Rollout, error) {
+	r, err := c.promotable(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	// Only a stage that is done may be let on: promoting one still at work
+	// would pass its gate before anyone saw how it went.
+	st := r.Stages[r.Stage]
+	if left := st.Left(); left > 0 {
+		return nil, fmt.Errorf("promote: stage %d (%s) of %s still has %d CVMs to do; promote it once it is done (status says when it waits)", r.Stage+1, st.Name, id, left)
+	}
+	return r, c.Store.Promote(ctx, id, r.Stage, who, now)
+}
+
+// PromoteFull is promote --full: the current stage moves on as soon as it
+// is done (a bake it is in ends now; the operator said to go on whatever
+// it shows), and every later stage with promote: manual passes its gate
+// when it is done; later bakes still run. One move, recorded in the audit
+// trail.
+func (c *Control) PromoteFull(ctx context.Context, id, who string, now time.Time) (*store.Rollout, error) {
+	r, err := c.promotable(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return r, c.Store.PromoteFull(ctx, id, r.Stage, who, now)
+}
+
+// promotable reads a rollout that has a next stage to promote to.
+func (c *Control) promotable(ctx context.Context, id string) (*store.Rollout, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -111,16 +185,10 @@ func (c *Control) Promote(ctx context.Context, id, who string, now time.Time) (*
 	if r.State.Finished() {
 		return nil, fmt.Errorf("promote: rollout %s is %s", id, r.State)
 	}
-	// Only a stage that is done may be let on: promoting one still at work
-	// would pass its gate before anyone saw how it went.
 	if len(r.Stages) == 0 || r.Stage+1 >= len(r.Stages) {
 		return nil, fmt.Errorf("promote: rollout %s is on its last stage; there is no next stage to start", id)
 	}
-	st := r.Stages[r.Stage]
-	if left := st.Left(); left > 0 {
-		return nil, fmt.Errorf("promote: stage %d (%s) of %s still has %d CVMs to do; promote it once it is done (status says when it waits)", r.Stage+1, st.Name, id, left)
-	}
-	return r, c.Store.Promote(ctx, id, r.Stage, who, now)
+	return r, nil
 }
 
 // refusedNoFailed is store's refusal of a retry with no failed CVM.

@@ -15,12 +15,13 @@ import (
 // A stage with promote: manual waits for `rollout promote` (its bake is
 // not applied on top). Otherwise the next stage starts once the stage's
 // bake has passed since it finished; `promote` ends a bake early.
+// `promote --full` (r.Full) passes every manual gate after it too.
 func (c *Controller) stageGate(ctx context.Context, r *store.Rollout, now time.Time) (bool, string, error) {
 	i := r.Stage
 	st := r.Stages[i]
 	name := fmt.Sprintf("stage %d (%s)", i+1, st.Name)
-	if r.Promoted >= i {
-		return true, "", nil
+	if r.Promoted >= i || r.Full && st.Manual {
+		return true, "", nil // promoted, or a manual gate after promote --full
 	}
 	if st.Manual {
 		return false, name + " done; waiting for `rollout promote " + r.ID + "`", nil

@@ -110,12 +110,7 @@ func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, latencyDesc, q.Latency.Seconds())
 	}
 	if servers, err := c.insp.Servers(); err == nil {
-		// A worker process runs several asynq servers (worker.fetchers).
-		procs := map[string]bool{}
-		for _, s := range servers {
-			procs[s.Host+"/"+strconv.Itoa(s.PID)] = true
-		}
-		gauge(ch, workersDesc, float64(len(procs)))
+		gauge(ch, workersDesc, float64(tasks.WorkerProcesses(servers)))
 	}
 	ids, err := c.st.Active(ctx)
 	if err != nil {

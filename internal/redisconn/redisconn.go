@@ -1,5 +1,6 @@
 // Package redisconn opens the Redis every part shares: a real one from
-// REDIS_URL, or an embedded miniredis for the demo and tests.
+// REDIS_URL (one server, Sentinels or a Cluster, over TLS if asked), or an
+// embedded miniredis for the demo and tests.
 package redisconn
 
 import (
@@ -7,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,9 +27,8 @@ type quiet struct{}
 
 func (quiet) Printf(context.Context, string, ...any) {}
 
-// Open connects to redis://[user:pass@]host:port/db or rediss:// and checks
-// the connection, so a wrong URL fails here with one line. A URL with a
-// master_name parameter names Redis Sentinels instead (see newClient).
+// Open connects to the Redis rawURL names (see newClient) and checks the
+// connection, so a wrong URL fails here with one line.
 func Open(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
 	return OpenPool(ctx, rawURL, 0)
 }
@@ -39,19 +40,22 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 	if rawURL == "" {
 		return nil, fmt.Errorf("no Redis: set REDIS_URL or --redis (redis://host:6379/0)")
 	}
-	rdb, err := newClient(rawURL, pool)
+	rdb, tf, err := newClient(rawURL, pool)
 	if err != nil {
 		// url.Error quotes the whole URL, password and all: keep only why.
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return nil, fmt.Errorf("REDIS_URL %s: %v (want redis://[user:password@]host:port/db)", Redact(rawURL), err)
+		return nil, fmt.Errorf("REDIS_URL %s: %v (want redis://[user:password@]host:port/db; docs/redis.md has the Sentinel, Cluster and TLS forms)", Redact(rawURL), err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
+		if msg, ok := tf.trouble(err, strings.HasPrefix(rawURL, "rediss:")); ok {
+			return nil, fmt.Errorf("redis %s: TLS: %s", Redact(rawURL), msg)
+		}
 		return nil, fmt.Errorf("redis %s is not answering: %v", Redact(rawURL), err)
 	}
 	return rdb, nil
@@ -63,7 +67,18 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 //   - redis://[sentinel-user:sentinel-password@]host:port/db?master_name=NAME
 //     [&addr=host2:port2...][&password=MASTER-PASSWORD]: Redis Sentinels,
 //     which the client asks for the current master of NAME, before every
-//     connection and again after a failover (go-redis's FailoverClient).
+//     connection and again after a failover (go-redis's FailoverClient);
+//   - redis://[user:password@]host1:port1?addr=host2:port2[&addr=...], or
+//     any URL with cluster=true (a single seed, e.g. a managed cluster's
+//     configuration endpoint): a Redis Cluster (go-redis's ClusterClient,
+//     its URL form). Decision: addr= without master_name means a Cluster,
+//     since a single server has no use for more addresses; cluster=true
+//     says so where there is one. A Cluster has db 0 only: another db is
+//     refused, not ignored.
+//
+// Any of them over TLS: rediss://, with tls_ca=FILE (a private CA, instead
+// of the system roots) and tls_cert=FILE&tls_key=FILE (a client
+// certificate); see tlsParams.
 //
 // Every client has at least pool connections (256 by default) and speaks
 // RESP2: this tool uses no push notifications, and under RESP3 go-redis
@@ -78,22 +93,41 @@ func OpenPool(ctx context.Context, rawURL string, pool int) (redis.UniversalClie
 // queue, a command by the operator. The price: errors that were safe to
 // retry (a dial error, LOADING after a restart, READONLY during a failover)
 // reach the caller too. A max_retries parameter in the URL overrides this.
-func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
+// On a Cluster, go-redis follows MOVED and ASK redirects and READONLY
+// (what a failover answers) itself; noResend keeps it from resending a
+// script or MULTI whose connection broke (see cluster.go).
+func newClient(rawURL string, pool int) (redis.UniversalClient, tlsFiles, error) {
+	rawURL, tc, err := tlsParams(rawURL)
+	if err != nil {
+		return nil, tc, err
+	}
+	rdb, err := clientFor(rawURL, pool, tc)
+	return rdb, tc, err
+}
+
+func clientFor(rawURL string, pool int, tc tlsFiles) (redis.UniversalClient, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	if u.Query().Has("master_name") {
+	q := u.Query()
+	switch {
+	case q.Has("master_name"):
 		fo, err := redis.ParseFailoverURL(rawURL)
 		if err != nil {
 			return nil, err
 		}
 		fo.PoolSize = max(fo.PoolSize, 256, pool)
 		fo.Protocol = 2
-		if !u.Query().Has("max_retries") {
+		if !q.Has("max_retries") {
 			fo.MaxRetries = -1
 		}
+		if fo.TLSConfig != nil {
+			tc.apply(fo.TLSConfig)
+		}
 		return redis.NewFailoverClient(fo), nil
+	case q.Has("addr") || q.Has("cluster"):
+		return newCluster(u, pool, tc)
 	}
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
@@ -102,8 +136,11 @@ func newClient(rawURL string, pool int) (redis.UniversalClient, error) {
 	opt.PoolSize = max(opt.PoolSize, 256, pool)
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	opt.Protocol = 2
-	if !u.Query().Has("max_retries") {
+	if !q.Has("max_retries") {
 		opt.MaxRetries = -1
+	}
+	if opt.TLSConfig != nil {
+		tc.apply(opt.TLSConfig)
 	}
 	return redis.NewClient(opt), nil
 }

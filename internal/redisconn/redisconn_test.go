@@ -3,7 +3,6 @@ package redisconn
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phalafleet/rollout/internal/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -22,7 +22,7 @@ func TestSentinelURL(t *testing.T) {
 		t.Skip("redis-server is not installed")
 	}
 	dir := t.TempDir()
-	master, sentinel := freePort(t), freePort(t)
+	master, sentinel := testutil.FreePort(t), testutil.FreePort(t)
 	start := func(args ...string) {
 		cmd := exec.Command(server, args...)
 		cmd.Dir = dir
@@ -67,13 +67,4 @@ func TestSentinelURL(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "m4ster-pw") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("wrong master name: %v", err)
 	}
-}
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

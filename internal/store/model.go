@@ -89,10 +89,11 @@ type Rollout struct {
 	RollbackOf string           `json:"rollback_of,omitempty"`
 	Budget     *Budget          `json:"budget,omitempty"`
 	// Controller and operator bookkeeping.
-	Ended          bool      `json:"-"`              // schedule.end_at was applied (once)
-	Dispatched     int       `json:"-"`              // the last stage whose tasks were queued; -1 none
-	Promoted       int       `json:"-"`              // the last stage promoted; -1 none
-	Runs           int       `json:"runs,omitempty"` // on a root: the latest run number reserved (1: the root itself)
+	Ended          bool      `json:"-"`                      // schedule.end_at was applied (once)
+	Dispatched     int       `json:"-"`                      // the last stage whose tasks were queued; -1 none
+	Promoted       int       `json:"-"`                      // the last stage promoted; -1 none
+	Full           bool      `json:"promote_full,omitempty"` // promote --full: every manual gate from Promoted on is passed
+	Runs           int       `json:"runs,omitempty"`         // on a root: the latest run number reserved (1: the root itself)
 	LatestRun      string    `json:"latest_run,omitempty"`
 	Repeat         bool      `json:"repeat,omitempty"`          // schedule.repeat still starts runs of it
 	LatestRollback string    `json:"latest_rollback,omitempty"` // the newest rollback recorded of this rollout
@@ -121,9 +122,12 @@ type Stage struct {
 }
 
 // Done reports how many of the stage's CVMs reached a terminal state.
-func (s Stage) Done() int {
+func (s Stage) Done() int { return DoneOf(s.Counts) }
+
+// DoneOf is how many CVMs of counts reached a terminal state.
+func DoneOf(counts map[CVMState]int) int {
 	n := 0
-	for st, c := range s.Counts {
+	for st, c := range counts {
 		if st.Terminal() {
 			n += c
 		}

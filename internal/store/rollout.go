@@ -93,6 +93,10 @@ func refusal(op, verdict string) string {
 		return "its current stage still has CVMs to do; promote it once it is done (status says when it waits)"
 	case op == "promote":
 		return "the stage moved on meanwhile (or was promoted already)"
+	case op == "promote-full" && verdict == "unless:full":
+		return "promote --full was given already: its remaining manual gates are passed"
+	case op == "promote-full":
+		return "the stage moved on meanwhile; run it again"
 	case op == "retry" && verdict == "nonzero:n:failed":
 		return "it has no failed CVMs"
 	case verdict == "unless:ended":
@@ -231,6 +235,19 @@ func (s *Store) Promote(ctx context.Context, id string, stage int, by string, no
 	return err
 }
 
+// PromoteFull is promote --full: stage (the current one) and every later
+// manual gate are passed, in one move, once: the current stage moves on
+// when it is done (its bake, if any, cut short), and each later stage
+// with promote: manual moves on when it is done. Later bakes still run
+// (each is a wait the file asked for; promote ends one early).
+func (s *Store) PromoteFull(ctx context.Context, id string, stage int, by string, now time.Time) error {
+	n := strconv.Itoa(stage)
+	m := mv("promote-full")
+	m.Require, m.Unless, m.Set = map[string]string{"stage": n}, map[string]string{"full": "1"}, map[string]string{"promoted": n, "full": "1"}
+	_, err := s.state(ctx, id, now, by, fmt.Sprintf("promote --full: stage %d and every later manual gate promoted", stage+1), m)
+	return err
+}
+
 // Advance starts the stage after from (the current one, done and past its
 // gate).
 func (s *Store) Advance(ctx context.Context, id string, from int, name string, now time.Time) error {
@@ -241,7 +258,8 @@ func (s *Store) Advance(ctx context.Context, id string, from int, name string, n
 	return err
 }
 
-// Retry is retry --failed's move: unless the rollout is cancelled, has no
+// Retry is retry's move (how: "--failed" or "--ids", for the audit line):
+// unless the rollout is cancelled, has no
 // failed CVM, or another member of its family is going, it bumps the task
 // generation, resets the failed CVMs of cvms (those still failed) to
 // pending under it, puts a completed rollout back to running (a paused or
@@ -250,13 +268,13 @@ func (s *Store) Advance(ctx context.Context, id string, from int, name string, n
 // and the controller never sees it running with nothing to do. The caller
 // then queues the CVMs (and the controller does, if the caller dies:
 // Requeue).
-func (s *Store) Retry(ctx context.Context, id, by string, cvms []string, now time.Time) (gen, reset int, err error) {
+func (s *Store) Retry(ctx context.Context, id, by, how string, cvms []string, now time.Time) (gen, reset int, err error) {
 	if err := s.activate(ctx, id); err != nil {
 		return 0, 0, err
 	}
 	m := mv("retry")
 	m.NonZero, m.Exclusive, m.Going, m.Incr, m.Reset = []string{countField(Failed)}, true, "add", "gen", cvms
-	_, nums, err := s.run(ctx, id, now, by, fmt.Sprintf("retry --failed: %d failed CVMs to queue again", len(cvms)), m)
+	_, nums, err := s.run(ctx, id, now, by, fmt.Sprintf("retry %s: %d failed CVMs to queue again", how, len(cvms)), m)
 	if err != nil {
 		return 0, 0, err
 	}

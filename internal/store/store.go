@@ -80,7 +80,7 @@ func parseRollout(m map[string]string) *Rollout {
 		CreatedAt: parseTime(m["created_at"]), UpdatedAt: parseTime(m["updated_at"]),
 		Total: atoi(m["total"]), Stage: atoi(m["stage"]),
 		Family: m["family"], RunOf: m["run_of"], RollbackOf: m["rollback_of"],
-		Ended: m["ended"] == "1", Dispatched: atoiOr(m["dispatched"], -1), Promoted: atoiOr(m["promoted"], -1),
+		Ended: m["ended"] == "1", Dispatched: atoiOr(m["dispatched"], -1), Promoted: atoiOr(m["promoted"], -1), Full: m["full"] == "1",
 		Runs: atoiOr(m["runs"], 1), LatestRun: m["latest_run"], Repeat: m["repeat"] == "1", LatestRollback: m["latest_rollback"],
 		LastCheckAt: parseTime(m["last_check_at"]), LastCheck: m["last_check"],
 		OwnTargets: m["own_targets"] == "1", Gen: atoi(m["gen"]), Requeued: atoi(m["requeued"]), Notify: m["notify"],

@@ -42,6 +42,8 @@ var Moves = []StateMove{
 		ToIf: map[RolloutState]RolloutState{RolloutCompleted: RolloutRunning}, By: "`rollout retry --failed`",
 		Also: "at least one failed CVM; the family idle; resets the failed CVMs under a new task generation in the same step"},
 	{Op: "promote", From: live, By: "`rollout promote`", Also: "the current stage done and not promoted yet: sets `promoted`"},
+	{Op: "promote-full", From: live, By: "`rollout promote --full`",
+		Also: "once (`full` 0 -> 1): sets `promoted` to the current stage (done or not) and `full`: every later manual gate is passed"},
 	{Op: "advance", From: []RolloutState{RolloutRunning}, By: "controller", Also: "the current stage done, baked or promoted: `stage` + 1"},
 	{Op: "stop repeats", From: anyward, By: "cancel, rollback, end_at", Also: "`repeat` 1 -> 0"},
 	{Op: "note", From: anyward, By: "controller", Also: "the reason it waits (bake, manual gate, window), if still in the state it saw"},

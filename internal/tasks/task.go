@@ -21,6 +21,17 @@ const TypeCVM = "rollout:cvm"
 // Queue is the asynq queue rollout tasks go to.
 const Queue = "rollout"
 
+// WorkerProcesses is how many worker processes asynq's live servers are:
+// a worker process runs several asynq servers (worker.fetchers), all with
+// its host and pid.
+func WorkerProcesses(servers []*asynq.ServerInfo) int {
+	procs := map[string]bool{}
+	for _, s := range servers {
+		procs[s.Host+"/"+strconv.Itoa(s.PID)] = true
+	}
+	return len(procs)
+}
+
 // Payload is a task's payload: ids only. The target lives in the rollout
 // record, so 50,000 tasks do not carry 50,000 copies of it.
 type Payload struct {

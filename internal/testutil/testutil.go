@@ -79,8 +79,15 @@ type Bundle struct {
 // Setup starts the simulator with fleet and a Redis.
 func Setup(t testing.TB, fleet sim.FleetOptions) *Bundle {
 	t.Helper()
-	b := &Bundle{Key: sim.NewAPIKey()}
-	b.RDB, b.RedisURL = Redis(t)
+	rdb, url := Redis(t)
+	return SetupOn(t, fleet, rdb, url)
+}
+
+// SetupOn is Setup on a Redis the test opened (a Cluster, Sentinels, TLS):
+// rdb, which url names for worker processes.
+func SetupOn(t testing.TB, fleet sim.FleetOptions, rdb redis.UniversalClient, url string) *Bundle {
+	t.Helper()
+	b := &Bundle{Key: sim.NewAPIKey(), RDB: rdb, RedisURL: url}
 	b.Store = store.New(b.RDB)
 	b.Sim = sim.New(sim.Options{APIKey: b.Key, Fleet: fleet})
 	hs := httptest.NewServer(b.Sim)

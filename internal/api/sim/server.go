@@ -47,6 +47,22 @@ type Stats struct {
 	Throttled     int64 // 429s answered
 	ServerErrors  int64 // injected 5xx answered
 	PatchesPerCVM map[string]int
+	// Since the last ResetPeaks, over the calls on one CVM (GET
+	// /cvms/{id}..., PATCH): the most answered at once, the most PATCHes
+	// at once, and how many came in each wall-clock second (unix
+	// second -> calls), to check a rollout's rate and in-flight limits
+	// where they matter.
+	MaxConcurrent, MaxConcurrentPatches int64
+	PerSecond                           map[int64]int64
+}
+
+// MaxPerSecond is the most calls on one CVM that came in one wall-clock second.
+func (st Stats) MaxPerSecond() int64 {
+	var m int64
+	for _, n := range st.PerSecond {
+		m = max(m, n)
+	}
+	return m
 }
 
 // Server is the simulator. It is an http.Handler serving /api/v1/...
@@ -64,11 +80,15 @@ type Server struct {
 	patches map[string]int
 
 	requests, patchCount, throttled, serverErrors atomic.Int64
+
+	// Calls on one CVM: in progress now (all, PATCHes) and the peaks.
+	busy, busyPatches, peak, peakPatches atomic.Int64
+	perSecond                            map[int64]int64 // under mu
 }
 
 // New builds a simulator over a generated fleet.
 func New(o Options) *Server {
-	s := &Server{key: o.APIKey, cvms: map[string]*cvm{}, forced: map[string]int{}, unread: map[string]int{}, patches: map[string]int{}}
+	s := &Server{key: o.APIKey, cvms: map[string]*cvm{}, forced: map[string]int{}, unread: map[string]int{}, patches: map[string]int{}, perSecond: map[int64]int64{}}
 	for _, c := range generate(o.Fleet) {
 		s.cvms[c.id] = c
 		s.order = append(s.order, c)
@@ -201,13 +221,59 @@ func (s *Server) Stats() Stats {
 	for k, v := range s.patches {
 		per[k] = v
 	}
+	ps := make(map[int64]int64, len(s.perSecond))
+	for k, v := range s.perSecond {
+		ps[k] = v
+	}
 	return Stats{Requests: s.requests.Load(), Patches: s.patchCount.Load(), Throttled: s.throttled.Load(),
-		ServerErrors: s.serverErrors.Load(), PatchesPerCVM: per}
+		ServerErrors: s.serverErrors.Load(), PatchesPerCVM: per,
+		MaxConcurrent: s.peak.Load(), MaxConcurrentPatches: s.peakPatches.Load(), PerSecond: ps}
+}
+
+// ResetPeaks starts the concurrency peaks and the per-second counts
+// afresh (after a plan, say, whose reads are not the rollout's).
+func (s *Server) ResetPeaks() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.peak.Store(s.busy.Load())
+	s.peakPatches.Store(s.busyPatches.Load())
+	s.perSecond = map[int64]int64{}
+}
+
+// track counts a call on one CVM while it is served.
+func (s *Server) track(r *http.Request) (done func()) {
+	p := r.URL.Path
+	if !strings.HasPrefix(p, "/api/v1/cvms/") || p == "/api/v1/cvms/paginated" {
+		return func() {}
+	}
+	raise := func(n int64, peak *atomic.Int64) {
+		for {
+			m := peak.Load()
+			if n <= m || peak.CompareAndSwap(m, n) {
+				return
+			}
+		}
+	}
+	raise(s.busy.Add(1), &s.peak)
+	patch := r.Method == http.MethodPatch
+	if patch {
+		raise(s.busyPatches.Add(1), &s.peakPatches)
+	}
+	s.mu.Lock()
+	s.perSecond[time.Now().Unix()]++
+	s.mu.Unlock()
+	return func() {
+		s.busy.Add(-1)
+		if patch {
+			s.busyPatches.Add(-1)
+		}
+	}
 }
 
 // ServeHTTP applies auth and faults, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.requests.Add(1)
+	defer s.track(r)()
 	rid := "req_" + strconv.FormatUint(rand.Uint64(), 36)
 	w.Header().Set("X-Request-ID", rid)
 	f, lim := s.Faults(), s.currentLimiter()

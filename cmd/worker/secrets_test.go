@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/phalafleet/rollout/internal/cli"
+	"github.com/phalafleet/rollout/internal/redisconn"
+	"github.com/phalafleet/rollout/internal/store"
+	"github.com/phalafleet/rollout/internal/testutil"
+	"github.com/redis/go-redis/v9"
+)
+
+// secret is a value that must appear nowhere the tool writes.
+type secret struct{ name, value string }
+
+// output is one thing the tool wrote, for the scan.
+type output struct{ name, text string }
+
+// TestNoSecretInAnythingWritten (SECURITY.md) runs a full rollout, with
+// failures, through the real commands and a worker process on a Redis
+// with a password (requirepass on redis-server; miniredis where it is
+// absent), the API key read from --api-key-file, then reads everything
+// the tool wrote: every Redis key and value of every type, the worker's
+// log (--debug), the commands' output and errors, report as CSV and JSON,
+// events, status, workers, the worker's /metrics, /healthz and /readyz and
+// its read-only dashboard (page and JSON). Neither the API key nor the
+// Redis password may appear in any of it.
+//
+// To add: a webhook's secret and the bodies it was sent (issue 10), and
+// the dashboard token with `rollout dashboard --token-file`'s signed-in
+// pages: append them to secrets and outputs.
+func TestNoSecretInAnythingWritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a worker process")
+	}
+	const password = "s3cret-redis-pw-7f3a"
+	var addr string
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		addr = testutil.StartRedis(t, "--requirepass", password).Addr()
+	} else {
+		m := miniredis.RunT(t)
+		m.RequireAuth(password)
+		addr = m.Addr()
+	}
+	url := fmt.Sprintf("redis://:%s@%s/0", password, addr)
+	ctx := context.Background()
+	rdb, err := redisconn.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	bin := buildWorker(t)
+	b := testutil.SetupOn(t, fleet(60, 71), rdb, url)
+	secrets := []secret{{"API key", b.Key}, {"Redis password", password}}
+	keyFile := filepath.Join(t.TempDir(), "api-key")
+	if err := os.WriteFile(keyFile, []byte(b.Key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var outputs []output
+	// rollout COMMAND..., in-process, with the key only in the file.
+	rollout := func(args ...string) string {
+		var out, errb bytes.Buffer
+		env := map[string]string{"PHALA_CLOUD_API_PREFIX": b.SimURL, "REDIS_URL": url}
+		e := &cli.Env{Stdout: &out, Stderr: &errb, Stdin: strings.NewReader(""), Getenv: func(k string) string { return env[k] }}
+		err := cli.Run(ctx, e, args)
+		text := out.String() + errb.String()
+		if err != nil {
+			text += "\nerror: " + err.Error()
+		}
+		outputs = append(outputs, output{"rollout " + strings.Join(args, " "), text})
+		return out.String()
+	}
+	file := testutil.WriteFile(t, "name: secrets\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nstages: [10, \"100%\"]\nretry: {max_attempts: 2, backoff: {base: 100ms, max: 200ms}}\n")
+	ids := b.Sim.IDs()
+	b.Sim.FailPatch(ids[0], 500) // fails after its retries: errors in logs, status, report
+	b.Sim.FailPatch(ids[1], 422)
+	b.Sim.FailRead(ids[2], 403)
+	rollout("plan", "-f", file, "--api-key-file", keyFile)
+	out := rollout("apply", "-f", file, "--yes", "-o", "json", "--api-key-file", keyFile)
+	id := between(out, `"id": "`, `"`)
+	if id == "" {
+		t.Fatalf("apply printed no id: %s", out)
+	}
+
+	metrics := testutil.FreePort(t)
+	var log lockedBuffer
+	w := exec.Command(bin, "--concurrency", "8", "--debug", "--api-key-file", keyFile, "--http-addr", "127.0.0.1:"+strconv.Itoa(metrics))
+	w.Env = append(os.Environ(), "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+url, "PHALA_CLOUD_API_KEY=")
+	w.Stdout, w.Stderr = &log, &log
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Process.Kill(); w.Wait() })
+	waitCounts(t, b, id, time.Minute, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+	rollout("retry", id, "--failed")
+	waitCounts(t, b, id, time.Minute, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+	for _, args := range [][]string{{"status", id}, {"status", id, "-o", "json"}, {"report", id, "-o", "csv"}, {"report", id, "-o", "json"},
+		{"report", id}, {"events", id}, {"events", id, "-o", "json"}, {"list", "-o", "json"}, {"workers", "-o", "json"}} {
+		rollout(args...)
+	}
+	var body []byte
+	// The worker's listener serves the read-only dashboard too: its page
+	// and every JSON answer.
+	for _, path := range []string{"/", "/api/rollouts", "/api/rollouts/" + id, "/api/rollouts/" + id + "/cvms", "/api/queue", "/api/session",
+		"/healthz", "/readyz", "/metrics"} {
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", metrics, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Errorf("worker %s: %s", path, res.Status)
+		}
+		outputs = append(outputs, output{"worker " + path, string(body)})
+	}
+	// A wrong password and a dead server: their errors name the URL.
+	rollout("status", id, "--redis", strings.Replace(url, password, password+"-wrong", 1))
+	rollout("status", id, "--redis", fmt.Sprintf("redis://:%s@127.0.0.1:%d/0", password, testutil.FreePort(t)))
+	w.Process.Signal(os.Interrupt)
+	w.Wait()
+	outputs = append(outputs, output{"worker log", log.String()})
+	outputs = append(outputs, dumpRedis(t, rdb)...)
+
+	if !strings.Contains(log.String(), "worker started") || !strings.Contains(string(body), "rollout_") {
+		t.Fatalf("nothing to scan: log %d bytes, metrics %d bytes", log.Len(), len(body))
+	}
+	total := 0
+	for _, o := range outputs {
+		total += len(o.text)
+		for _, s := range secrets {
+			if i := strings.Index(o.text, s.value); i >= 0 {
+				t.Errorf("the %s is in %s: ...%s...", s.name, o.name, o.text[max(0, i-80):i])
+			}
+		}
+	}
+	t.Logf("scanned %d outputs, %d bytes, for %d secrets", len(outputs), total, len(secrets))
+}
+
+// dumpRedis is every key of the database and its value, whatever its type.
+func dumpRedis(t *testing.T, rdb redis.UniversalClient) []output {
+	t.Helper()
+	ctx := context.Background()
+	var out []output
+	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		typ, err := rdb.Type(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v any
+		switch typ {
+		case "string":
+			v, err = rdb.Get(ctx, k).Result()
+		case "hash":
+			v, err = rdb.HGetAll(ctx, k).Result()
+		case "list":
+			v, err = rdb.LRange(ctx, k, 0, -1).Result()
+		case "set":
+			v, err = rdb.SMembers(ctx, k).Result()
+		case "zset":
+			v, err = rdb.ZRangeWithScores(ctx, k, 0, -1).Result()
+		case "stream":
+			v, err = rdb.XRange(ctx, k, "-", "+").Result()
+		case "none": // expired meanwhile
+		default:
+			t.Fatalf("key %s has type %s, which the scan cannot read", k, typ)
+		}
+		if err != nil && err != redis.Nil {
+			t.Fatal(err)
+		}
+		out = append(out, output{"Redis key " + k, fmt.Sprintf("%s = %v", k, v)})
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) < 50 {
+		t.Fatalf("only %d Redis keys to scan", len(out))
+	}
+	return out
+}
+
+func between(s, from, to string) string {
+	_, rest, ok := strings.Cut(s, from)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, to)
+	return v
+}
+
+// lockedBuffer is a process's output, written by its two streams.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lockedBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
+}
