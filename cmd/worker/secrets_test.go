@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,9 +40,10 @@ type output struct{ name, text string }
 // its read-only dashboard (page and JSON). Neither the API key nor the
 // Redis password may appear in any of it.
 //
-// To add: a webhook's secret and the bodies it was sent (issue 10), and
-// the dashboard token with `rollout dashboard --token-file`'s signed-in
-// pages: append them to secrets and outputs.
+// A webhook (notify, secret_env) gets the rollout's events: its secret is
+// scanned for, and the bodies and headers it was sent are scanned. So is
+// `rollout dashboard --token-file`: its token, and what it serves and logs
+// to a caller holding that token.
 func TestNoSecretInAnythingWritten(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a worker process")
@@ -64,7 +66,17 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	bin := buildWorker(t)
 	b := testutil.SetupOn(t, fleet(60, 71), rdb, url)
-	secrets := []secret{{"API key", b.Key}, {"Redis password", password}}
+	const hookSecret, dashToken = "whsec-3c1d9e0b77aa", "dash-token-5b2e8f41c9"
+	secrets := []secret{{"API key", b.Key}, {"Redis password", password}, {"webhook secret", hookSecret}, {"dashboard token", dashToken}}
+	var hookMu sync.Mutex
+	var hooks []output
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		hookMu.Lock()
+		hooks = append(hooks, output{"webhook " + r.Header.Get("X-Rollout-Event"), fmt.Sprintf("%v\n%s", r.Header, body)})
+		hookMu.Unlock()
+	}))
+	t.Cleanup(receiver.Close)
 	keyFile := filepath.Join(t.TempDir(), "api-key")
 	if err := os.WriteFile(keyFile, []byte(b.Key), 0o600); err != nil {
 		t.Fatal(err)
@@ -83,7 +95,8 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 		outputs = append(outputs, output{"rollout " + strings.Join(args, " "), text})
 		return out.String()
 	}
-	file := testutil.WriteFile(t, "name: secrets\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nstages: [10, \"100%\"]\nretry: {max_attempts: 2, backoff: {base: 100ms, max: 200ms}}\n")
+	file := testutil.WriteFile(t, "name: secrets\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nstages: [10, \"100%\"]\nretry: {max_attempts: 2, backoff: {base: 100ms, max: 200ms}}\n"+
+		"notify: [{url: \""+receiver.URL+"\", secret_env: ROLLOUT_TEST_HOOK_SECRET}]\n")
 	ids := b.Sim.IDs()
 	b.Sim.FailPatch(ids[0], 500) // fails after its retries: errors in logs, status, report
 	b.Sim.FailPatch(ids[1], 422)
@@ -98,7 +111,7 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 	metrics := testutil.FreePort(t)
 	var log lockedBuffer
 	w := exec.Command(bin, "--concurrency", "8", "--debug", "--api-key-file", keyFile, "--http-addr", "127.0.0.1:"+strconv.Itoa(metrics))
-	w.Env = append(os.Environ(), "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+url, "PHALA_CLOUD_API_KEY=")
+	w.Env = append(os.Environ(), "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+url, "PHALA_CLOUD_API_KEY=", "ROLLOUT_TEST_HOOK_SECRET="+hookSecret)
 	w.Stdout, w.Stderr = &log, &log
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
@@ -127,11 +140,30 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 		}
 		outputs = append(outputs, output{"worker " + path, string(body)})
 	}
+	outputs = append(outputs, dashboardWithToken(t, url, id, dashToken)...)
 	// A wrong password and a dead server: their errors name the URL.
 	rollout("status", id, "--redis", strings.Replace(url, password, password+"-wrong", 1))
 	rollout("status", id, "--redis", fmt.Sprintf("redis://:%s@127.0.0.1:%d/0", password, testutil.FreePort(t)))
+	// The completed event is the last one the rollout sends.
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		hookMu.Lock()
+		n, done := len(hooks), len(hooks) > 0 && strings.HasPrefix(hooks[len(hooks)-1].name, "webhook completed")
+		hookMu.Unlock()
+		if done {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the webhook got %d deliveries and no completed event", n)
+		}
+	}
 	w.Process.Signal(os.Interrupt)
 	w.Wait()
+	hookMu.Lock()
+	outputs = append(outputs, hooks...)
+	if !strings.Contains(hooks[0].text, "V1=") && !strings.Contains(hooks[0].text, "v1=") {
+		t.Errorf("the webhook's deliveries are not signed: %s", hooks[0].text)
+	}
+	hookMu.Unlock()
 	outputs = append(outputs, output{"worker log", log.String()})
 	outputs = append(outputs, dumpRedis(t, rdb)...)
 
@@ -148,6 +180,60 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 		}
 	}
 	t.Logf("scanned %d outputs, %d bytes, for %d secrets", len(outputs), total, len(secrets))
+}
+
+// dashboardWithToken runs `rollout dashboard --token-file` and reads its
+// pages and JSON as a caller holding the token (Bearer), tries an action
+// (refused: the rollout is over), and returns all it served and logged.
+func dashboardWithToken(t *testing.T, url, id, token string) []output {
+	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := testutil.FreePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var log lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		e := &cli.Env{Stdout: &log, Stderr: &log, Stdin: strings.NewReader(""), Getenv: func(k string) string {
+			return map[string]string{"REDIS_URL": url}[k]
+		}}
+		done <- cli.Run(ctx, e, []string{"dashboard", "--addr", fmt.Sprintf("127.0.0.1:%d", port), "--token-file", tokenFile, "--tick", "100ms"})
+	}()
+	t.Cleanup(cancel)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	var out []output
+	call := func(method, path string) {
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			req, _ := http.NewRequest(method, base+path, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("X-Operator", "scan")
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				if time.Now().After(end) {
+					t.Fatalf("dashboard %s %s: %v", method, path, err)
+				}
+				continue // not listening yet
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == http.StatusUnauthorized || res.StatusCode == http.StatusForbidden {
+				t.Errorf("dashboard %s %s with the token: %s", method, path, res.Status) // then the scan saw no signed-in page
+			}
+			out = append(out, output{"dashboard " + method + " " + path, res.Status + "\n" + fmt.Sprint(res.Header) + "\n" + string(body)})
+			return
+		}
+	}
+	for _, path := range []string{"/", "/api/session", "/api/rollouts", "/api/rollouts/" + id, "/api/rollouts/" + id + "/cvms", "/api/queue"} {
+		call("GET", path)
+	}
+	call("POST", "/api/rollouts/"+id+"/pause")
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("rollout dashboard: %v", err)
+	}
+	return append(out, output{"dashboard log", log.String()})
 }
 
 // dumpRedis is every key of the database and its value, whatever its type.

@@ -146,7 +146,7 @@ func TestTLSPrivateCA(t *testing.T) {
 	for _, c := range []struct{ url, want string }{
 		{base + "?tls_ca=" + f.OtherCA + "&tls_cert=" + f.ClientCert + "&tls_key=" + f.ClientKey,
 			"TLS: certificate signed by unknown authority (check tls_ca in REDIS_URL)"},
-		{base + "?tls_ca=" + f.CA, "(check tls_cert and tls_key in REDIS_URL)"},
+		{base + "?tls_ca=" + f.CA, "check tls_cert and tls_key in REDIS_URL)"},
 		{fmt.Sprintf("redis://127.0.0.1:%d/0?tls_ca=%s", port, f.CA), "need rediss://"},
 	} {
 		cmd := exec.Command(bin)

@@ -110,7 +110,18 @@ func (b *runner) redisAndRSS(ctx context.Context) ([]Row, error) {
 		Result:   verdict(peak < 100<<20),
 		Note:     fmt.Sprintf("%s; it processed the %s CVMs in %s (%s/s) with the simulator in the bench process", w.how, thousands(int64(n)), secs(took), thousands(int64(float64(n)/took.Seconds()))),
 	}}
-	return rows, nil
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) { // completed and settled by the worker's controller
+		r, err := store.New(b.rdb).Get(ctx, p.ID)
+		active, aerr := b.rdb.HExists(ctx, store.ActiveKey, p.ID).Result()
+		if err == nil && aerr == nil && r.State == store.RolloutCompleted && !active {
+			break
+		}
+		if time.Now().After(end) {
+			return rows, fmt.Errorf("rollout %s not completed and settled after 10s", p.ID)
+		}
+	}
+	more, err := b.retention(ctx, p.ID, n)
+	return append(rows, more...), err
 }
 
 // workerProc is a running worker whose memory is sampled every 50 ms.

@@ -99,6 +99,7 @@ func commands() []command {
 		{"promote", "promote ID [--full]                     let a finished manual stage (or a bake) move on", runPromote},
 		{"retry", "retry ID --failed | --ids FILE|-        queue failed CVMs again", runRetry},
 		{"rollback", "rollback ID [--dry-run] [--yes]         give every CVM a rollout changed its before-image back", runRollback},
+		{"prune", "prune --older-than 30d [--export DIR]    forget finished rollouts' per-CVM records (--dry-run, --all)", runPrune},
 		{"worker", "worker [--concurrency N]                process tasks (same as cmd/worker)", RunWorker},
 		{"workers", "workers [-o table|json]                 live worker processes and the queue's depth", runWorkers},
 		{"dashboard", "dashboard [--addr A] [--token-file F]   the web dashboard (read-only without a token file)", runDashboard},
@@ -116,7 +117,7 @@ func commands() []command {
 // quotes; errors.Is and errors.As still see the error beneath.
 func Run(ctx context.Context, e *Env, args []string) error {
 	if err := runCommand(ctx, e, args); err != nil {
-		return lineError{err}
+		return lineError{store.Full(err)} // an OOM refusal in plain words
 	}
 	return nil
 }

@@ -198,6 +198,9 @@ func runReport(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if !r.PrunedAt.IsZero() || r.Pruning != "" {
+		return fmt.Errorf("report: %s was pruned (rollout prune): its per-CVM records are gone; status shows its summary, and prune --export wrote its report before", r.ID)
+	}
 	kms, gw := urlColumns(r)
 	return writeReport(ctx, e.Stdout, st, id, c.format(), *state, kms, gw)
 }

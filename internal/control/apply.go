@@ -82,6 +82,9 @@ func (c *Control) apply(ctx context.Context, p *plan.Plan, who string, now time.
 	if err != nil {
 		return Applied{}, err
 	}
+	if nr.Notify, err = c.notifyTargets(ctx, p.File); err != nil {
+		return Applied{}, err
+	}
 	cr, err := c.Store.Create(ctx, nr, now)
 	if err != nil {
 		return Applied{ID: p.ID}, fmt.Errorf("recording rollout %s: %w", p.ID, err)
@@ -156,6 +159,26 @@ func newRollout(p *plan.Plan, who string, now time.Time, o ApplyOptions, fromFil
 	nr.Event = fmt.Sprintf("applied (%s): %d to patch, %d unchanged, %d skipped; plan hash %s",
 		nr.State, p.Counts[plan.Patch], p.Counts[plan.Unchanged], p.Counts[plan.Skip], p.Hash)
 	return nr, nil
+}
+
+// notifyTargets are the notification targets of a rollout of f: the
+// file's, then the workers' --notify-url if one is published (see
+// store.NotifyDefaultKey) and the file does not list the same URL.
+func (c *Control) notifyTargets(ctx context.Context, f *plan.File) ([]store.NotifyTarget, error) {
+	var out []store.NotifyTarget
+	for _, n := range f.Notify {
+		out = append(out, store.NotifyTarget{URL: n.URL.V, Events: plan.Values(n.Events), Format: n.Format.V, SecretEnv: n.SecretEnv.V})
+	}
+	def, err := c.Store.NotifyDefault(ctx)
+	if err != nil || def == nil {
+		return out, err
+	}
+	for _, t := range out {
+		if t.URL == def.URL {
+			return out, nil
+		}
+	}
+	return append(out, *def), nil
 }
 
 // Spec decodes the rollout file stored with a rollout.

@@ -30,6 +30,13 @@ type Controller struct {
 	// PlanPace, when set, paces a re-plan of rollout id (ratelimit's
 	// PlanPacer: the budget the workers spend from).
 	PlanPace func(id string, f *plan.File) api.Pacer
+	// StallAfter: a running rollout whose stage has CVMs left and that has
+	// not moved for this long is reported stalled (0: DefaultStallAfter;
+	// negative: never).
+	StallAfter time.Duration
+	// OnLead, if set, runs after each tick of the lock holder: fleet-wide
+	// housekeeping that one process does (retention, the Redis memory check).
+	OnLead func(ctx context.Context, now time.Time)
 }
 
 // SlotReaper returns in-flight slots whose holders died.
@@ -47,7 +54,7 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) {
 	for {
 		if ok, err := c.Store.Lead(ctx, c.Owner, lockTTL); err == nil && ok {
 			if err := c.leadingTick(ctx); err != nil && ctx.Err() == nil {
-				c.log().Warn("controller tick", "err", err)
+				c.log().Warn("controller tick", "err", store.Full(err))
 			}
 		}
 		select {
@@ -86,7 +93,11 @@ func (c *Controller) leadingTick(ctx context.Context) error {
 			}
 		}
 	})
-	return c.Tick(tctx, time.Now())
+	err := c.Tick(tctx, time.Now())
+	if c.OnLead != nil && tctx.Err() == nil {
+		c.OnLead(tctx, time.Now()) // under the same renewal: stops if the lock is lost
+	}
+	return err
 }
 
 // Tick drives each active rollout one step at time now.
@@ -201,8 +212,20 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.F
 		_, err := c.Dispatch(ctx, r, spec)
 		return err
 	}
-	if len(r.Stages) == 0 || r.Stages[r.Stage].Left() > 0 {
+	if len(r.Stages) == 0 {
 		return nil
+	}
+	if r.Stages[r.Stage].Left() > 0 {
+		return c.stalled(ctx, r, now)
+	}
+	if r.Stages[r.Stage].DoneAt.IsZero() {
+		// Recorded for every stage (the last, a manual one too): its
+		// stage_completed notification goes with it.
+		t, err := c.Store.StageDone(ctx, r.ID, r.Stage, now)
+		if err != nil {
+			return err
+		}
+		r.Stages[r.Stage].DoneAt = t
 	}
 	if r.Stage+1 >= len(r.Stages) {
 		if r.Counts[store.Pending]+r.Counts[store.Running] > 0 {
@@ -230,6 +253,27 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout, spec *plan.F
 	}
 	r.Stage = next
 	_, err = c.Dispatch(ctx, r, spec)
+	return err
+}
+
+// DefaultStallAfter is how long a running rollout with CVMs left in its
+// stage may go without any progress before it is reported stalled.
+const DefaultStallAfter = 15 * time.Minute
+
+// stalled reports, once per stall, a running rollout whose current stage
+// has CVMs left but whose record has not moved for StallAfter (a bake or
+// a manual gate is waiting on purpose, not a stall).
+func (c *Controller) stalled(ctx context.Context, r *store.Rollout, now time.Time) error {
+	after := c.StallAfter
+	if after == 0 {
+		after = DefaultStallAfter
+	}
+	if after < 0 || now.Sub(r.UpdatedAt) < after {
+		return nil
+	}
+	why := fmt.Sprintf("stalled: no CVM of stage %d moved for %s (%d still to do)", r.Stage+1,
+		now.Sub(r.UpdatedAt).Truncate(time.Second), r.Stages[r.Stage].Left())
+	_, err := c.Store.Stalled(ctx, r.ID, r.UpdatedAt, why, now)
 	return err
 }
 

@@ -211,6 +211,9 @@ func (c *Control) idle(ctx context.Context, cmd, id string) error {
 // since. The watched ones are the root, its latest run, and the latest
 // rollback of each.
 func (c *Control) watched(ctx context.Context, cmd string, r *store.Rollout) error {
+	if r.Pruning != "" || !r.PrunedAt.IsZero() {
+		return fmt.Errorf("%s: %s was pruned (rollout prune): its per-CVM records are gone", cmd, r.ID)
+	}
 	target := r
 	if r.RollbackOf != "" {
 		o, err := c.Store.Get(ctx, r.RollbackOf)

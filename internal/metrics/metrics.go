@@ -62,6 +62,8 @@ type Metrics struct {
 	latency   *prometheus.HistogramVec
 	outcomes  *prometheus.CounterVec
 	throttled *prometheus.CounterVec
+	// notifications: rollout_notifications_total (notify.go)
+	notifications *prometheus.CounterVec
 
 	mu   sync.Mutex
 	seen map[string]time.Time // rollout -> when it was last active or counted here
@@ -90,8 +92,10 @@ func New(opt Options) *Metrics {
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.outcomes, m.throttled, buildInfo(),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.notifications = newNotifications() // notify.go
+	m.reg.MustRegister(m.notifications)
 	if opt.Store != nil {
-		m.reg.MustRegister(newRedisCollector(opt))
+		m.reg.MustRegister(newRedisCollector(opt), &memoryCollector{st: opt.Store, owner: opt.Owner})
 	}
 	return m
 }

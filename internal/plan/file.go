@@ -26,6 +26,8 @@ type File struct {
 	Bake          time.Duration  `yaml:"bake" json:"bake,omitempty"`
 	FailureBudget *FailureBudget `yaml:"failure_budget" json:"failure_budget,omitempty"`
 	Schedule      *Schedule      `yaml:"schedule" json:"schedule,omitempty"`
+	// Notify lists where the rollout's events are POSTed (notify.go).
+	Notify []Notify `yaml:"notify" json:"notify,omitempty"`
 
 	// Path is where the file was read from (for error lines); not YAML.
 	Path string `yaml:"-" json:"-"`

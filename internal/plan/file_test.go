@@ -23,7 +23,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		// Unknown keys.
 		{"unknown top-level key", "name: a\n" + sel + "kms_url: x\n" + tgt,
-			`bad.yaml:4: unknown key "kms_url" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule)`},
+			`bad.yaml:4: unknown key "kms_url" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule, notify)`},
 		{"unknown selector key", "name: a\nselector:\n  ids: [cvm_a]\n  foo: 1\n" + tgt,
 			`bad.yaml:4: unknown key "foo" in selector (known keys: all, ids, names, app_ids, nodes, regions, statuses, exclude_ids)`},
 		{"unknown target key", "name: a\n" + sel + "target:\n  kms_urls: [\"https://kms.example\"]\n  kms_url: x\n",
@@ -31,7 +31,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown retry.backoff key", "name: a\n" + sel + tgt + "retry:\n  backoff:\n    bse: 1s\n",
 			`bad.yaml:8: unknown key "bse" in retry.backoff (known keys: base, max)`},
 		{"first of two unknown keys", "name: a\nfoo: 1\nbar: 2\n" + sel + tgt,
-			`bad.yaml:2: unknown key "foo" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule)`},
+			`bad.yaml:2: unknown key "foo" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule, notify)`},
 
 		// Wrong types.
 		{"name is a list", "name: [a]\n" + sel + tgt,
@@ -148,7 +148,7 @@ func TestParseErrors(t *testing.T) {
 		{"two documents", "name: a\n" + sel + tgt + "---\nname: b\n",
 			"bad.yaml:6: a second YAML document (---): a rollout file is one document"},
 		{"key with a newline stays one line", "name: a\n\"x\\ny\": 1\n" + sel + tgt,
-			`bad.yaml:2: unknown key "x\ny" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule)`},
+			`bad.yaml:2: unknown key "x\ny" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule, notify)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -301,7 +301,7 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(p, []byte("name: a\nfoo: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(p); err == nil || err.Error() != p+`:2: unknown key "foo" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule)` {
+	if _, err := Load(p); err == nil || err.Error() != p+`:2: unknown key "foo" (known keys: name, selector, target, retry, rate, stages, bake, failure_budget, schedule, notify)` {
 		t.Errorf("Load(bad) = %v", err)
 	}
 }

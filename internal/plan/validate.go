@@ -41,7 +41,29 @@ func (f *File) validate(root *yaml.Node) error {
 	if err := f.FailureBudget.validate(root); err != nil {
 		return err
 	}
+	if err := validateNotify(f.Notify, func(i int) int { return itemLine(root, i, "notify") }); err != nil {
+		return err
+	}
 	return f.Schedule.validate(root)
+}
+
+// itemLine is the line of item i of the list at path, or of the list.
+func itemLine(root *yaml.Node, i int, path ...string) int {
+	line := keyLine(root, path...)
+	n := root
+	for _, k := range path {
+		var next *yaml.Node
+		for j := 0; n != nil && j+1 < len(n.Content); j += 2 {
+			if n.Content[j].Value == k {
+				next = n.Content[j+1]
+			}
+		}
+		n = next
+	}
+	if n != nil && n.Kind == yaml.SequenceNode && i < len(n.Content) {
+		return n.Content[i].Line
+	}
+	return line
 }
 
 func (r *Retry) validate(root *yaml.Node) error {

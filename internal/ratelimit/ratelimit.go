@@ -167,6 +167,7 @@ type pace struct {
 	flushing bool
 	rate     float64
 	rateAt   time.Time
+	timer    *time.Timer // idleFlush, while armed
 }
 
 func (l *Limiter) pace(id string) *pace {
@@ -185,16 +186,55 @@ func (p *pace) setRate(r float64) {
 
 // Observe tells adaptive mode how the API answered one request. Answers
 // are added to the rollout's shared window at most every FlushEvery; the
-// call that closes a window applies the rule (Next) to it.
+// call that closes a window applies the rule (Next) to it. Answers left
+// when requests stop (the last ones before a bake, say) are added, and
+// the window closed, by a timer a Window later.
 func (l *Limiter) Observe(ctx context.Context, id string, lim Limits, c Class) error {
 	if !lim.Adaptive || lim.PerSecond <= 0 || c == Ignored {
 		return nil
 	}
 	p := l.pace(id)
-	now := time.Now()
 	p.mu.Lock()
 	c.add(&p.counts)
-	if p.flushing || now.Sub(p.flushed) < FlushEvery {
+	if p.timer == nil {
+		p.timer = time.AfterFunc(Window+FlushEvery, func() { l.idleFlush(id, lim) })
+	}
+	p.mu.Unlock()
+	return l.flush(ctx, id, lim, false)
+}
+
+// idleFlush adds what is left and closes the window if it is due, and
+// looks again a Window later while there were answers to add.
+func (l *Limiter) idleFlush(id string, lim Limits) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	p := l.pace(id)
+	p.mu.Lock()
+	if since := time.Since(p.flushed); since < Window {
+		// Not idle: the answers' own calls flush.
+		p.timer.Reset(Window + FlushEvery - since)
+		p.mu.Unlock()
+		return
+	}
+	more := p.counts != (store.PaceCounts{})
+	p.mu.Unlock()
+	_ = l.flush(ctx, id, lim, true)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if more {
+		p.timer.Reset(Window + FlushEvery)
+	} else {
+		p.timer = nil
+	}
+}
+
+// flush adds this process's answers to the shared window, if FlushEvery
+// has passed (or always, when forced).
+func (l *Limiter) flush(ctx context.Context, id string, lim Limits, force bool) error {
+	p := l.pace(id)
+	now := time.Now()
+	p.mu.Lock()
+	if p.flushing || (!force && now.Sub(p.flushed) < FlushEvery) {
 		p.mu.Unlock()
 		return nil
 	}

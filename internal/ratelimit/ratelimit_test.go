@@ -158,3 +158,25 @@ func TestInFlightSlots(t *testing.T) {
 		}
 	})
 }
+
+// TestAdaptiveIdleFlush: the last answers before requests stop (a bake,
+// the end of a stage) still reach the shared window, and close it.
+func TestAdaptiveIdleFlush(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, testutil.NoFleet)
+		l := ratelimit.New(b.RDB)
+		lim := ratelimit.Limits{PerSecond: 100, Adaptive: true}
+		ctx := context.Background()
+		for _, c := range []ratelimit.Class{ratelimit.OK, ratelimit.Throttled, ratelimit.Throttled, ratelimit.OK} {
+			if err := l.Observe(ctx, "r", lim, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		r, why, _, err := l.PaceState(ctx, "r")
+		if err != nil || r <= 0 || r >= 100 || !strings.HasPrefix(why, "cut: 429") {
+			t.Fatalf("after 429s and silence: rate %v (%q), %v", r, why, err)
+		}
+	})
+}

@@ -36,6 +36,8 @@ type NewRollout struct {
 	// Lease is the token of a reservation that already holds this
 	// rollout's creation lease (a run, see ReserveRun).
 	Lease string
+	// Notify are the notification targets of its events (outbox.go).
+	Notify []NotifyTarget
 }
 
 // NewStage is one stage of a new rollout.
@@ -156,6 +158,9 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 	if r.OwnTargets {
 		meta["own_targets"] = "1"
 	}
+	if n := encodeTargets(r.Notify); n != "" {
+		meta["notify"] = n
+	}
 	if b := r.Budget; b != nil {
 		maxFailed := b.MaxFailed
 		if r.BudgetMax != nil {
@@ -235,6 +240,9 @@ func (s *Store) Create(ctx context.Context, r NewRollout, now time.Time) (Create
 		}
 		if r.Event != "" {
 			pushEvent(ctx, pipe, r.ID, now, r.CreatedBy, r.Event)
+		}
+		if len(r.Notify) > 0 { // applied (rollback_started), with ready
+			notifyScript.Eval(ctx, pipe, []string{key}, ts, "applied", "", r.Reason)
 		}
 	})
 	if err != nil {
@@ -434,12 +442,12 @@ func (s *Store) leased(ctx context.Context, id, token string, write func(redis.P
 		} else if err != nil {
 			return err
 		}
-		_, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		cmds, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 			write(pipe)
 			pipe.PExpire(ctx, lease, createLease)
 			return nil
 		})
-		return err
+		return txErr(cmds, err)
 	}, lease)
 	if errors.Is(err, redis.TxFailedErr) {
 		return errLeaseLost

@@ -102,6 +102,12 @@ type Rollout struct {
 	OwnTargets     bool      `json:"-"` // each CVM has its own target (a rollback)
 	Gen            int       `json:"-"` // the latest task generation (retry --failed)
 	Requeued       int       `json:"-"` // the generation up to which reset CVMs were queued
+	// Notify holds the notification targets (JSON; their URLs may carry
+	// tokens, so never shown whole).
+	Notify string `json:"-"`
+	// Retention: a prune under way (its mode), or when it pruned.
+	Pruning  string    `json:"pruning,omitempty"`
+	PrunedAt time.Time `json:"pruned_at,omitzero"`
 }
 
 // Stage is one wave of a rollout.

@@ -44,6 +44,7 @@ type move struct {
 	Incr      string                        `json:"incr,omitempty"`      // a counter to bump, returned
 	Reset     []string                      `json:"reset,omitempty"`     // failed CVMs to reset under the bumped generation
 	Event     *Event                        `json:"event,omitempty"`
+	Notify    *notice                       `json:"notify,omitempty"` // the notification event the move is (outbox.go)
 	Now       string                        `json:"now"`
 }
 
@@ -120,7 +121,7 @@ func operatorWords(op, done, by, reason string) (why, what string) {
 func (s *Store) Pause(ctx context.Context, id, by, reason string, now time.Time) (RolloutState, error) {
 	why, what := operatorWords("pause", "paused", by, reason)
 	m := mv("pause")
-	m.Reason = str(why)
+	m.Reason, m.Notify = str(why), &notice{Kind: "paused", Cause: "operator"}
 	return s.state(ctx, id, now, by, what, m)
 }
 
@@ -130,6 +131,7 @@ func (s *Store) Pause(ctx context.Context, id, by, reason string, now time.Time)
 func (s *Store) Resume(ctx context.Context, id, by string, maxFailed int, now time.Time) (RolloutState, error) {
 	m := mv("resume")
 	m.Reason, m.Exclusive, m.Going = str(""), true, "add"
+	m.Notify = &notice{Kind: "resumed", Cause: "operator"}
 	what := "resume {move}"
 	if maxFailed >= 0 {
 		m.Set = map[string]string{"budget_max_failed": strconv.Itoa(maxFailed)}
@@ -149,6 +151,7 @@ func (s *Store) Cancel(ctx context.Context, id, by, reason string, now time.Time
 	why, what := operatorWords("cancel", "cancelled", by, reason)
 	m := mv("cancel")
 	m.Reason, m.Set = str(why), map[string]string{"repeat": "0"}
+	m.Notify = &notice{Kind: "cancelled", Cause: "operator"}
 	before, err = s.state(ctx, id, now, by, what, m)
 	if ne := (*NotAllowedError)(nil); errors.As(err, &ne) && ne.State == RolloutCompleted {
 		// Completed: stopping its repeats is all a cancel does, if it has any.
@@ -206,6 +209,7 @@ func (s *Store) End(ctx context.Context, id string, to RolloutState, why string,
 	}
 	m := mv(op)
 	m.Reason, m.Unless, m.Set = str(why), map[string]string{"ended": "1"}, map[string]string{"ended": "1", "repeat": "0"}
+	m.Notify = &notice{Kind: string(to), Cause: "end_at"}
 	_, err := s.state(ctx, id, now, "controller", why, m)
 	return err
 }
@@ -215,6 +219,7 @@ func (s *Store) End(ctx context.Context, id string, to RolloutState, why string,
 func (s *Store) Complete(ctx context.Context, id string, now time.Time) error {
 	m := mv("complete")
 	m.Reason, m.Zero, m.Going = str(""), []string{countField(Pending), countField(Running)}, "rem"
+	m.Notify = &notice{Kind: "completed"}
 	_, err := s.state(ctx, id, now, "controller", "completed", m)
 	return err
 }
@@ -248,6 +253,7 @@ func (s *Store) PromoteFull(ctx context.Context, id string, stage int, by string
 func (s *Store) Advance(ctx context.Context, id string, from int, name string, now time.Time) error {
 	m := mv("advance")
 	m.Require, m.Set, m.Reason = map[string]string{"stage": strconv.Itoa(from)}, map[string]string{"stage": strconv.Itoa(from + 1)}, str("")
+	m.Notify = &notice{Kind: "stage_started"}
 	_, err := s.state(ctx, id, now, "controller", fmt.Sprintf("stage %d (%s) started", from+2, name), m)
 	return err
 }
@@ -302,11 +308,8 @@ func (s *Store) SetReason(ctx context.Context, id string, state RolloutState, wh
 // StageDone records when the controller first saw stage done, and returns
 // that time (the bake counts from it, whatever restarts).
 func (s *Store) StageDone(ctx context.Context, id string, stage int, now time.Time) (time.Time, error) {
-	f := stageField(stage, "done_at")
-	if set, err := s.rdb.HSetNX(ctx, RolloutKey(id), f, now.UTC().Format(time.RFC3339Nano)).Result(); err != nil || set {
-		return now, err
-	}
-	v, err := s.rdb.HGet(ctx, RolloutKey(id), f).Result() // another controller was first
+	// The first to record it also writes its stage_completed notification.
+	v, err := stageDoneScript.Run(ctx, s.rdb, []string{RolloutKey(id)}, stage, now.UTC().Format(time.RFC3339Nano)).Text()
 	return parseTime(v), err
 }
 
@@ -353,6 +356,12 @@ func (s *Store) Settle(ctx context.Context, id string) (bool, error) {
 	case err == nil:
 		if !(r.State == RolloutCompleted || r.State == RolloutCancelled && r.Counts[Pending]+r.Counts[Running] == 0) {
 			return false, nil
+		}
+		if r.Notify != "" {
+			// Its notifications stay found once it leaves the active set.
+			if err := s.rdb.SAdd(ctx, OutboxFamiliesKey, r.Family).Err(); err != nil {
+				return false, err
+			}
 		}
 		if ids, err = s.CVMIDs(ctx, id); err != nil {
 			return false, err

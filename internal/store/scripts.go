@@ -32,6 +32,38 @@ local function event(key, at, by, what)
   redis.call('RPUSH', key, cjson.encode({at = at, by = by, what = what}))
   redis.call('LTRIM', key, -1000, -1) -- maxEvents
 end
+-- notify writes the outbox entries of a notification event of rollout
+-- hash rkey, one per target on the record (field notify, from the file)
+-- that asks for kind, in the step that makes the event happen. Each entry
+-- is the event as it was (counts, stage, reason), so a redelivery sends
+-- the same body under the same id. See outbox.go.
+local function notify(rkey, at, kind, cause, reason)
+  local targets = redis.call('HGET', rkey, 'notify')
+  if not targets or targets == '' then return end
+  local r = redis.call('HMGET', rkey, 'id', 'name', 'family', 'state', 'stage', 'stages', 'rollback_of', 'total')
+  if r[7] and r[7] ~= '' then
+    if kind == 'applied' then kind = 'rollback_started' elseif kind == 'completed' then kind = 'rollback_completed' end
+  end
+  local stage = tonumber(r[5] or '0')
+  local counts = {}
+  for _, st in ipairs({'pending', 'running', 'succeeded', 'unchanged', 'skipped', 'failed', 'cancelled'}) do
+    counts[st] = tonumber(redis.call('HGET', rkey, 'n:' .. st) or '0')
+  end
+  local seq = redis.call('HINCRBY', rkey, 'notify_seq', 1)
+  local okey = 'rollout:{' .. r[3] .. '}:outbox'
+  for i, t in ipairs(cjson.decode(targets)) do
+    local wanted = t.events == nil or #t.events == 0
+    for _, e in ipairs(t.events or {}) do if e == kind then wanted = true end end
+    if wanted then
+      local eid = r[1] .. '.' .. seq .. '.' .. i
+      redis.call('HSET', okey, eid, cjson.encode({id = eid, event = kind, at = at, rollout = r[1], name = r[2],
+        family = r[3], state = r[4], stage = stage, stage_name = redis.call('HGET', rkey, 's:' .. stage .. ':name') or '',
+        stages = tonumber(r[6] or '0'), total = tonumber(r[8] or '0'), counts = counts, cause = cause or '', reason = reason or '',
+        url = t.url, format = t.format or '', secret_env = t.secret_env or '', attempts = 0}))
+      redis.call('ZADD', okey .. ':due', 0, eid)
+    end
+  end
+end
 `
 
 // transitionScript moves one CVM from its current state to a new one and
@@ -129,6 +161,8 @@ if (new == 'failed' or new == 'succeeded') and rstate == 'running' then
       local why = 'failure budget exceeded: ' .. f .. ' failed of ' .. (f + s) .. ' executed (max_failed ' .. maxf .. ')'
       redis.call('HSET', KEYS[1], 'state', action, 'reason', why)
       event(KEYS[4], string.sub(ARGV[3], 1, 19) .. 'Z', 'failure-budget', why .. ', rollout ' .. action)
+      notify(KEYS[1], ARGV[3], 'budget_tripped', 'failure_budget', why)
+      notify(KEYS[1], ARGV[3], action, 'failure_budget', why)
       tripped = action
     end
   end
@@ -183,6 +217,7 @@ if m.event then
   local what = string.gsub(m.event.what, '{move}', '(' .. cur .. ' -> ' .. (to or cur) .. ')')
   event(KEYS[2], m.event.at, m.event.by, what)
 end
+if m.notify then notify(KEYS[1], m.now, m.notify.kind, m.notify.cause, redis.call('HGET', KEYS[1], 'reason')) end
 local n, reset = 0, 0
 if m.incr then n = redis.call('HINCRBY', KEYS[1], m.incr, 1) end
 -- retry --failed: the failed CVMs named go back to pending under the new

@@ -83,7 +83,8 @@ func parseRollout(m map[string]string) *Rollout {
 		Ended: m["ended"] == "1", Dispatched: atoiOr(m["dispatched"], -1), Promoted: atoiOr(m["promoted"], -1), Full: m["full"] == "1",
 		Runs: atoiOr(m["runs"], 1), LatestRun: m["latest_run"], Repeat: m["repeat"] == "1", LatestRollback: m["latest_rollback"],
 		LastCheckAt: parseTime(m["last_check_at"]), LastCheck: m["last_check"],
-		OwnTargets: m["own_targets"] == "1", Gen: atoi(m["gen"]), Requeued: atoi(m["requeued"])}
+		OwnTargets: m["own_targets"] == "1", Gen: atoi(m["gen"]), Requeued: atoi(m["requeued"]), Notify: m["notify"],
+		Pruning: m["pruning"], PrunedAt: parseTime(m["pruned_at"])}
 	if r.Family == "" {
 		r.Family = Family(r.ID)
 	}

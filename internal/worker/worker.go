@@ -15,6 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/phalafleet/rollout/internal/control"
 	"github.com/phalafleet/rollout/internal/metrics"
+	"github.com/phalafleet/rollout/internal/notify"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/ratelimit"
 	"github.com/phalafleet/rollout/internal/store"
@@ -44,6 +45,15 @@ type Config struct {
 	// Fetchers is how many asynq servers share Concurrency (0: Fetchers
 	// picks). See fetchers.
 	Fetchers int
+	// Notify configures the delivery of notifications (Store, Log and
+	// Observe are filled in); NotifyDefault, when its URL is set, is the
+	// target every rollout recorded while this worker runs also gets.
+	Notify        notify.Options
+	NotifyDefault store.NotifyTarget
+	// Retention prunes finished rollouts this long after their end (0: never).
+	Retention time.Duration
+	// StallAfter: see control.Controller.StallAfter.
+	StallAfter time.Duration
 }
 
 // fetchers is how many asynq servers a worker runs. An asynq server takes
@@ -149,11 +159,38 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		cfg.Log.Info("http listening", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
+	done := make(chan struct{}, 3)
+	// Notifications in their own goroutines: a slow receiver holds up
+	// nothing else. Deliveries under way finish (bounded by their timeout).
+	d := &notify.Deliverer{Options: cfg.Notify, Store: st, Log: cfg.Log, Worker: cfg.Name}
+	if mx != nil {
+		d.Observe = mx.Notified
+	}
+	go func() { defer func() { done <- struct{}{} }(); d.Run(cctx) }()
 	go func() {
-		defer close(done)
-		ctl := &control.Controller{Control: control.New(rdb),
-			Owner: cfg.Name, Log: cfg.Log, Reaper: lim, PlanPace: lim.PlanPacer}
+		defer func() { done <- struct{}{} }()
+		if cfg.NotifyDefault.URL == "" {
+			return
+		}
+		t := time.NewTicker(notifyDefaultTTL / 4)
+		defer t.Stop()
+		for {
+			if err := st.PublishNotifyDefault(cctx, cfg.NotifyDefault, notifyDefaultTTL); err != nil && cctx.Err() == nil {
+				cfg.Log.Warn("publishing --notify-url", "err", store.Full(err))
+			}
+			select {
+			case <-cctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		c := control.New(rdb)
+		hk := &housekeeping{ctl: c, log: cfg.Log, retention: cfg.Retention}
+		ctl := &control.Controller{Control: c, Owner: cfg.Name, Log: cfg.Log, Reaper: lim,
+			StallAfter: cfg.StallAfter, OnLead: hk.onLead, PlanPace: lim.PlanPacer}
 		if r, ok := cfg.API.(plan.Reader); ok {
 			ctl.Planner = r
 		}
@@ -161,10 +198,15 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	}()
 	<-ctx.Done()
 	cancel()
-	<-done
+	for range cap(done) {
+		<-done
+	}
 	stop()
 	return nil
 }
+
+// notifyDefaultTTL bounds how long a --notify-url outlives its workers.
+const notifyDefaultTTL = 2 * time.Minute
 
 func btoi(b bool) int {
 	if b {
