@@ -21,7 +21,7 @@ selector: {names: ["prod-*", "staging-*"]}
 target: {kms_urls: ["https://kms-new.example:8000"], gateway_urls: ["https://gw-new.example:8000"]}
 stages: [5, "100%"]
 retry: {max_attempts: 3, backoff: {base: 1s, max: 2s}}
-rate: {per_second: 12}
+rate: {per_second: 40}
 `
 
 // rollout runs one rollout command in-process against b's simulator and
@@ -41,8 +41,9 @@ func rollout(t *testing.T, b *testutil.Bundle, args ...string) string {
 // Retry-After), `plan` gives the hash of the calm plan, `apply
 // --plan-hash` accepts it, and a worker process takes every CVM to patch
 // to the target with one PATCH each; none is left unknown. The file's rate
-// keeps the worker under the API's limit, as an operator would; the plan's
-// reads are not paced, so they are throttled.
+// (40/s) is above the API's limit (25/s), so the plan's reads, paced by it,
+// and the worker's calls are throttled until the adaptive rate finds the
+// limit.
 func TestThrottledPlanApplies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a worker process against a throttling API")
@@ -61,7 +62,7 @@ func TestThrottledPlanApplies(t *testing.T) {
 	calm := planJSON()
 	t0 := time.Now()
 
-	b.Sim.SetFaults(sim.Faults{RateLimit: 20, RateBurst: 2})
+	b.Sim.SetFaults(sim.Faults{RateLimit: 25, RateBurst: 2})
 	p := planJSON()
 	if b.Sim.Stats().Throttled == 0 {
 		t.Fatal("the simulator throttled no read of the plan")

@@ -219,7 +219,36 @@ func isConnErr(err error) bool {
 	return errors.As(err, &ue)
 }
 
+// Pacer paces the requests made under a context (WithPacer): Wait before
+// each, Done with how it ended (nil: a 2xx). Package ratelimit has the
+// planner's.
+type Pacer interface {
+	Wait(ctx context.Context) error
+	Done(err error)
+}
+
+type pacerKey struct{}
+
+// WithPacer returns ctx whose requests p paces, list pages and retries
+// included.
+func WithPacer(ctx context.Context, p Pacer) context.Context {
+	return context.WithValue(ctx, pacerKey{}, p)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body []byte, out any) error {
+	p, _ := ctx.Value(pacerKey{}).(Pacer)
+	if p == nil {
+		return c.send(ctx, method, path, q, body, out)
+	}
+	if err := p.Wait(ctx); err != nil {
+		return err
+	}
+	err := c.send(ctx, method, path, q, body, out)
+	p.Done(err)
+	return err
+}
+
+func (c *Client) send(ctx context.Context, method, path string, q url.Values, body []byte, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	var err error

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -278,10 +279,11 @@ type cpuMeter struct {
 	rdb         redis.UniversalClient
 	start       time.Time
 	self, redis time.Duration
+	cmds        map[string]int64
 }
 
 func newCPUMeter(ctx context.Context, rdb redis.UniversalClient) *cpuMeter {
-	m := &cpuMeter{rdb: rdb, start: time.Now()}
+	m := &cpuMeter{rdb: rdb, start: time.Now(), cmds: commandStats(ctx, rdb)}
 	m.self, m.redis = selfCPU(), redisCPU(ctx, rdb)
 	return m
 }
@@ -289,11 +291,85 @@ func newCPUMeter(ctx context.Context, rdb redis.UniversalClient) *cpuMeter {
 // cpuUse is what a cpuMeter read.
 type cpuUse struct {
 	wall, self, redis time.Duration
+	cmds              map[string]int64 // Redis commands called, by name
 }
 
-// Stop reads the CPU each used since the meter started.
+// Stop reads the CPU each used since the meter started, and the Redis
+// commands called meanwhile.
 func (m *cpuMeter) Stop() cpuUse {
-	return cpuUse{wall: time.Since(m.start), self: selfCPU() - m.self, redis: redisCPU(context.Background(), m.rdb) - m.redis}
+	u := cpuUse{wall: time.Since(m.start), self: selfCPU() - m.self, redis: redisCPU(context.Background(), m.rdb) - m.redis,
+		cmds: commandStats(context.Background(), m.rdb)}
+	for k, v := range m.cmds {
+		u.cmds[k] -= v
+	}
+	return u
+}
+
+// commandStats is INFO commandstats: calls by command (the whole server's).
+func commandStats(ctx context.Context, rdb redis.UniversalClient) map[string]int64 {
+	out := map[string]int64{}
+	s, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(s, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, found := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !found {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				out[name], _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	return out
+}
+
+// cmdsPerItem is Redis commands per item: in all, and the most called.
+type cmdsPerItem struct {
+	total float64
+	top   string
+}
+
+// minCmds is the round with the fewest Redis commands per item.
+func minCmds(us []cpuUse, n int) cmdsPerItem {
+	var best cmdsPerItem
+	for i, u := range us {
+		var total int64
+		names := make([]string, 0, len(u.cmds))
+		for k, v := range u.cmds {
+			if v > 0 && k != "info" {
+				total += v
+				names = append(names, k)
+			}
+		}
+		per := float64(total) / float64(n)
+		if i > 0 && per >= best.total {
+			continue
+		}
+		sort.Slice(names, func(a, b int) bool { return u.cmds[names[a]] > u.cmds[names[b]] })
+		var parts []string
+		for _, k := range names[:min(6, len(names))] {
+			parts = append(parts, fmt.Sprintf("%s %.2f", k, float64(u.cmds[k])/float64(n)))
+		}
+		best = cmdsPerItem{total: per, top: strings.Join(parts, ", ")}
+	}
+	return best
+}
+
+// loadAvg is the 1-minute load average, from /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 // perItem is the CPU time per item of each.

@@ -26,7 +26,7 @@ func (b *runner) enqueue(ctx context.Context) ([]Row, error) {
 		if err := b.flush(ctx); err != nil {
 			return nil, err
 		}
-		d, err := bareEnqueue(ctx, b.rdb, n, b.cfg.EnqueueGoroutines, "bench-baseline")
+		d, err := bareEnqueue(ctx, b.rdb, cvmIDs(n), b.cfg.EnqueueGoroutines, "bench-baseline")
 		if err != nil {
 			return nil, fmt.Errorf("baseline: %w", err)
 		}
@@ -60,9 +60,8 @@ func (b *runner) enqueue(ctx context.Context) ([]Row, error) {
 
 // bareEnqueue queues n tasks of the rollout's type with nothing else:
 // no record, no retry options.
-func bareEnqueue(ctx context.Context, rdb redis.UniversalClient, n, goroutines int, rollout string) (time.Duration, error) {
+func bareEnqueue(ctx context.Context, rdb redis.UniversalClient, ids []string, goroutines int, rollout string) (time.Duration, error) {
 	c := asynq.NewClientFromRedisClient(rdb)
-	ids := cvmIDs(n)
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(goroutines)

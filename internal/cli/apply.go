@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/phalafleet/rollout/internal/ratelimit"
 	"io"
 	"maps"
 	"os"
@@ -47,7 +48,7 @@ func runApply(ctx context.Context, e *Env, args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	p, err := buildPlan(ctx, e, *file, *version, *readTimeout)
+	p, err := buildPlan(ctx, e, *file, *version, *readTimeout, ratelimit.New(rdb))
 	if err != nil {
 		return err
 	}

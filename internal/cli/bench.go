@@ -35,6 +35,7 @@ func runBench(ctx context.Context, e *Env, args []string) error {
 	rssConc := fs.Int("rss-concurrency", 200, "concurrency of the worker subprocess whose RSS is measured")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the process stage's worker run to this file")
 	workerBin := fs.String("worker-bin", "", "built cmd/worker for the RSS measure (default: go build one)")
+	limits := fs.String("limits", strings.Join(limitBenches, ","), "measures of the limits stage to run")
 	out := fs.String("o", "table", "output: table or markdown")
 	if err := noArgs(fs, args); err != nil {
 		return err
@@ -76,7 +77,12 @@ func runBench(ctx context.Context, e *Env, args []string) error {
 		if *redisURL == "" {
 			return fmt.Errorf("bench: --only limits needs --redis (its database is FLUSHED)")
 		}
-		lr, err := benchLimits(ctx, e, *redisURL, *workerBin)
+		for _, l := range strings.Split(*limits, ",") {
+			if !slices.Contains(limitBenches, l) {
+				return fmt.Errorf("--limits %s: expected some of %s", l, strings.Join(limitBenches, ","))
+			}
+		}
+		lr, err := benchLimits(ctx, e, *redisURL, *workerBin, strings.Split(*limits, ","))
 		if err != nil {
 			return err
 		}
@@ -129,23 +135,32 @@ func benchDemo(ctx context.Context, e *Env, n int) bench.Row {
 // benchLimits measures the fleet-wide limits: a 60 req/s rate shared by 3
 // worker processes over a 30 s window, max_in_flight 20 at 100 ms of API
 // latency, and adaptive mode under an unstated 40 req/s API limit.
-func benchLimits(ctx context.Context, e *Env, redisURL, workerBin string) ([]bench.Row, error) {
+// limitBenches are the measures of the limits stage (--limits), in order.
+var limitBenches = []string{"shared", "inflight", "noise", "unknown", "step", "plan-known", "plan-unknown", "e2e"}
+
+func benchLimits(ctx context.Context, e *Env, redisURL, workerBin string, only []string) ([]bench.Row, error) {
 	cfg := limitbench.Config{RedisURL: redisURL, WorkerBin: workerBin, Rate: 60, Window: 30 * time.Second, Progress: e.Stderr}
 	var rows []bench.Row
-	for _, f := range []func() (limitbench.Result, error){
-		func() (limitbench.Result, error) { return limitbench.SharedRate(ctx, cfg) },
-		func() (limitbench.Result, error) {
+	for _, name := range limitBenches {
+		if !slices.Contains(only, name) {
+			continue
+		}
+		var r limitbench.Result
+		var err error
+		switch name {
+		case "shared":
+			r, err = limitbench.SharedRate(ctx, cfg)
+		case "inflight":
 			c := cfg
 			c.Window = 15 * time.Second
-			return limitbench.InFlight(ctx, c, 20, 100*time.Millisecond)
-		},
-		func() (limitbench.Result, error) {
-			c := cfg
-			c.Window = 15 * time.Second
-			return limitbench.Adaptive(ctx, c, 40, 600)
-		},
-	} {
-		r, err := f()
+			r, err = limitbench.InFlight(ctx, c, 20, 100*time.Millisecond)
+		case "plan-known", "plan-unknown":
+			r, err = limitbench.PlanPaced(ctx, cfg, 5000, name == "plan-known")
+		case "e2e":
+			r, err = limitbench.EndToEnd(ctx, cfg, 5000)
+		default:
+			r, err = limitbench.Adaptive(ctx, cfg, name)
+		}
 		if err != nil {
 			return nil, err
 		}

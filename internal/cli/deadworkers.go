@@ -9,20 +9,25 @@ import (
 )
 
 // statusWithDead is `status -o json` with the dead workers' CVMs, while
-// there are any.
+// there are any, and the rollout's rate.
 type statusWithDead struct {
 	Status
 	DeadWorkerSlots []store.DeadWorkerSlots `json:"dead_worker_slots,omitempty"`
+	Rate            *RateStatus             `json:"rate,omitempty"`
 }
 
 // writeStatusJSON writes s with the CVMs of the rollout that dead workers
-// held.
+// held, and its rate.
 func writeStatusJSON(ctx context.Context, w io.Writer, st *store.Store, s Status) error {
 	ds, err := store.NewLimits(st.Redis()).DeadWorkerSlots(ctx, s.ID)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, statusWithDead{Status: s, DeadWorkerSlots: ds})
+	rs, err := rateStatus(ctx, st, s.Rollout)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, statusWithDead{Status: s, DeadWorkerSlots: ds, Rate: rs})
 }
 
 // printDeadWorkers prints a line per dead worker that held CVMs of the

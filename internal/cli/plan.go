@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/phalafleet/rollout/internal/ratelimit"
 	"io"
 	"slices"
 	"strings"
@@ -32,7 +33,7 @@ func runPlan(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	p, err := buildPlan(ctx, e, *file, *version, *readTimeout)
+	p, err := buildPlan(ctx, e, *file, *version, *readTimeout, nil)
 	if err != nil {
 		return err
 	}
@@ -54,8 +55,10 @@ func readTimeoutFlag(fs *flag.FlagSet) *time.Duration {
 }
 
 // buildPlan plans file against the API; an empty selection is warned
-// about on stderr.
-func buildPlan(ctx context.Context, e *Env, file, version string, readTimeout time.Duration) (*plan.Plan, error) {
+// about on stderr. Its reads are paced by the file's rate section: through
+// the rollout's shared limiter when lim is not nil (apply), else on their
+// own (ratelimit.PlanPacer).
+func buildPlan(ctx context.Context, e *Env, file, version string, readTimeout time.Duration, lim *ratelimit.Limiter) (*plan.Plan, error) {
 	if readTimeout <= 0 {
 		return nil, fmt.Errorf("--read-timeout must be positive")
 	}
@@ -70,7 +73,7 @@ func buildPlan(ctx context.Context, e *Env, file, version string, readTimeout ti
 	if err != nil {
 		return nil, err
 	}
-	p, err := plan.BuildWith(ctx, c, f, plan.Options{ReadTimeout: readTimeout})
+	p, err := plan.BuildWith(ctx, c, f, plan.Options{ReadTimeout: readTimeout, Pace: lim.PlanPacer(f.ID(), f)})
 	if err != nil {
 		return nil, keyHint(err)
 	}

@@ -58,6 +58,7 @@ func runStatus(ctx context.Context, e *Env, args []string) error {
 		return writeStatusJSON(ctx, e.Stdout, st, s)
 	}
 	printStatus(e.Stdout, r)
+	printRate(ctx, e.Stdout, st, r)
 	if workers == 0 && !r.State.Finished() {
 		fmt.Fprintln(e.Stdout, "\nWarning: no worker is alive: nothing moves until one starts (`worker`).")
 	}

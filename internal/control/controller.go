@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/phalafleet/rollout/internal/api"
 	"log/slog"
 	"maps"
 	"slices"
@@ -26,6 +27,9 @@ type Controller struct {
 	Reaper SlotReaper // returns in-flight slots of dead workers; may be nil
 	// Planner re-plans repeating rollouts (schedule.repeat); may be nil.
 	Planner plan.Reader
+	// PlanPace, when set, paces a re-plan of rollout id (ratelimit's
+	// PlanPacer: the budget the workers spend from).
+	PlanPace func(id string, f *plan.File) api.Pacer
 	// StallAfter: a running rollout whose stage has CVMs left and that has
 	// not moved for this long is reported stalled (0: DefaultStallAfter;
 	// negative: never).

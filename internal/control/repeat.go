@@ -68,7 +68,11 @@ func (c *Controller) repeatStep(ctx context.Context, root string, now time.Time)
 	if c.Planner == nil {
 		return fmt.Errorf("repeat: this controller has no API client to re-plan with")
 	}
-	p, err := plan.Build(ctx, c.Planner, spec, 0)
+	var o plan.Options
+	if c.PlanPace != nil {
+		o.Pace = c.PlanPace(root, spec)
+	}
+	p, err := plan.BuildWith(ctx, c.Planner, spec, o)
 	if err != nil {
 		return fmt.Errorf("re-planning after run %d: %w", n, err)
 	}

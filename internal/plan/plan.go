@@ -86,7 +86,14 @@ type Options struct {
 	// ReadTimeout bounds the wait for usable answers (DefaultReadTimeout):
 	// see patience.
 	ReadTimeout time.Duration
+	// Pace, when set, paces every request of the plan (list pages and
+	// retries included): package ratelimit's, from the file's rate section.
+	Pace api.Pacer
 }
+
+// ID is the id of the rollout f's plan records: its name plus a hash of
+// the file.
+func (f *File) ID() string { return f.Name + "-" + f.Hash()[:8] }
 
 // Build resolves f's selector against the API and reads the current network
 // config of every selected, patchable CVM (at most concurrency reads at once).
@@ -102,6 +109,9 @@ func BuildWith(ctx context.Context, r Reader, f *File, o Options) (*Plan, error)
 	if o.Concurrency <= 0 {
 		o.Concurrency = DefaultReadConcurrency
 	}
+	if o.Pace != nil {
+		ctx = api.WithPacer(ctx, o.Pace)
+	}
 	pt := newPatience(ctx, o.ReadTimeout)
 	defer pt.stop()
 	var cvms []api.CVM
@@ -114,7 +124,7 @@ func BuildWith(ctx context.Context, r Reader, f *File, o Options) (*Plan, error)
 	}
 	p := &Plan{Name: f.Name, File: f, Counts: map[Action]int{}}
 	p.SpecHash = f.Hash()
-	p.ID = f.Name + "-" + p.SpecHash[:8]
+	p.ID = f.ID()
 
 	seen := map[string]bool{}
 	unmatched := map[string]*api.CVM{} // in the workspace, not selected

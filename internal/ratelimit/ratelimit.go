@@ -1,6 +1,6 @@
 // Package ratelimit paces a rollout's API calls across every worker
-// process: a request rate (GCRA, github.com/go-redis/redis_rate) that
-// adapts to the API's 429/503 answers, and a cap on CVMs in flight (a
+// process and its planner: a request rate (GCRA, reserving
+// tokens: store.Reserve) that adapts to overload (adaptive.go), and a cap on CVMs in flight (a
 // semaphore of leases in Redis that a crashed worker cannot leak). All state is in
 // Redis under the rollout's hash tag; it runs on miniredis too. The keys
 // and scripts are package store's (store/limits.go); this package is the
@@ -14,10 +14,10 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-redis/redis_rate/v10"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/redis/go-redis/v9"
 )
@@ -27,25 +27,11 @@ type Limits struct {
 	PerSecond   float64 // request rate across all workers; 0: none
 	Burst       int     // requests allowed at once above the rate (default: a tenth of a second's worth, at least 1)
 	MaxInFlight int     // CVMs being processed at once across all workers; 0: none
-	Adaptive    bool    // slow down on 429/503, recover gradually
+	Adaptive    bool    // slow down on overload, recover gradually (adaptive.go)
 	// Floor is the lowest rate adaptive mode goes to (default 1% of
 	// PerSecond, at least 0.1/s).
 	Floor float64
 }
-
-// Adaptive mode, after TCP's congestion control: a throttled answer (429
-// or 503) multiplies the rate by DecreaseFactor, at most once per
-// DecreaseEvery, and remembers the rate it came down from; each second of
-// good answers then adds FastStep of the current rate while below
-// Threshold of that remembered rate (TCP's slow start back to ssthresh),
-// and SlowStep above it (additive increase), never above the file's rate.
-const (
-	DecreaseFactor = 0.85
-	DecreaseEvery  = time.Second
-	FastStep       = 0.10
-	SlowStep       = 0.02
-	Threshold      = 0.9
-)
 
 // MaxInlineWait is the longest a worker waits for a token (or a slot)
 // while holding its task; past it the task is snoozed back to the queue.
@@ -56,8 +42,10 @@ const MaxInlineWait = 10 * time.Second
 
 // Limiter enforces Limits for rollouts.
 type Limiter struct {
-	st   *store.Limits
-	gcra *redis_rate.Limiter
+	st *store.Limits
+	// paces holds, per rollout, this process's answers not yet added to
+	// the shared window, and the rate it last read.
+	paces sync.Map // rollout id -> *pace
 	// worker is this process's heartbeat id once Heartbeat runs: the
 	// holders of its slots carry it, so that a Reap can tell they died.
 	worker atomic.Pointer[string]
@@ -65,7 +53,7 @@ type Limiter struct {
 
 // New returns a Limiter on rdb.
 func New(rdb redis.UniversalClient) *Limiter {
-	return &Limiter{st: store.NewLimits(rdb), gcra: redis_rate.NewLimiter(rdb)}
+	return &Limiter{st: store.NewLimits(rdb)}
 }
 
 // Rate returns the rollout's current effective rate: PerSecond, lowered by
@@ -77,9 +65,16 @@ func (l *Limiter) Rate(ctx context.Context, id string, lim Limits) (float64, err
 	if !lim.Adaptive {
 		return lim.PerSecond, nil
 	}
-	r, ok, err := l.st.PaceRate(ctx, id)
-	if err != nil || !ok {
-		return lim.PerSecond, err
+	p := l.pace(id)
+	p.mu.Lock()
+	r, fresh := p.rate, time.Since(p.rateAt) < RateFresh
+	p.mu.Unlock()
+	if !fresh {
+		var err error
+		if r, _, err = l.st.PaceRate(ctx, id); err != nil {
+			return lim.PerSecond, err
+		}
+		p.setRate(r)
 	}
 	if r <= 0 || r > lim.PerSecond {
 		r = lim.PerSecond
@@ -88,7 +83,15 @@ func (l *Limiter) Rate(ctx context.Context, id string, lim Limits) (float64, err
 }
 
 // Take waits for one request token. It returns 0 when the request may go,
-// or how long the caller should wait when that is more than MaxInlineWait.
+// or how long the caller should wait when that is more than MaxInlineWait
+// (no token is taken then).
+//
+// A token is reserved, then slept for. Requests waiting for their turn
+// were reserved at the rate of then: when the adaptive rate is cut, the
+// cut empties the bucket's queue (Observe), and each waiter that sees the
+// lower rate (within RateFresh) reserves again at it. Without that, a
+// queue of waiting tasks (150 at 40 req/s: almost 4 s) would go on at the
+// old rate for as long, answered 429.
 func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duration, error) {
 	deadline := time.Now().Add(MaxInlineWait)
 	for {
@@ -102,37 +105,178 @@ func (l *Limiter) Take(ctx context.Context, id string, lim Limits) (time.Duratio
 			// late still gets its slot, so the average holds the rate.
 			burst = max(1, int(r/10))
 		}
-		res, err := l.gcra.Allow(ctx, store.GCRAKey(id), redis_rate.Limit{Rate: int(math.Max(1, math.Round(r*1000))), Burst: burst, Period: 1000 * time.Second})
+		taken, wait, err := l.st.Reserve(ctx, id, r, burst, max(0, time.Until(deadline)))
 		if err != nil {
 			return 0, err
 		}
-		if res.Allowed > 0 {
-			return 0, nil
+		if !taken {
+			return max(wait, time.Millisecond), nil
 		}
-		if time.Now().Add(res.RetryAfter).After(deadline) {
-			return max(res.RetryAfter, time.Millisecond), nil
-		}
-		t := time.NewTimer(max(res.RetryAfter, time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return 0, ctx.Err()
-		case <-t.C:
+		if ok, err := l.sleepTurn(ctx, id, lim, r, wait); ok || err != nil {
+			return 0, err
 		}
 	}
 }
 
-// Feedback tells adaptive mode how the API answered.
-func (l *Limiter) Feedback(ctx context.Context, id string, lim Limits, throttled bool) error {
-	if !lim.Adaptive || lim.PerSecond <= 0 {
+// sleepTurn sleeps wait for a token reserved at rate r, looking at the
+// rate every RateFresh when adaptive. It returns false if the rate was cut
+// meanwhile: the token is void.
+func (l *Limiter) sleepTurn(ctx context.Context, id string, lim Limits, r float64, wait time.Duration) (bool, error) {
+	end := time.Now().Add(wait)
+	for {
+		left := time.Until(end)
+		if left <= 0 {
+			return true, nil
+		}
+		step := left
+		if lim.Adaptive {
+			step = min(left, RateFresh)
+		}
+		t := time.NewTimer(step)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		case <-t.C:
+		}
+		if step == left {
+			return true, nil
+		}
+		if now, err := l.Rate(ctx, id, lim); err != nil {
+			return false, err
+		} else if now < r*0.99 {
+			return false, nil
+		}
+	}
+}
+
+// RateFresh is how long a process uses the adaptive rate it last read
+// before reading it again; FlushEvery how often it adds its answers to the
+// rollout's shared window. Both keep Redis round trips per request near
+// one (the token) at any request rate, and are well inside a Window.
+const (
+	RateFresh  = 200 * time.Millisecond
+	FlushEvery = 100 * time.Millisecond
+)
+
+// pace is one rollout's adaptive state in this process.
+type pace struct {
+	mu       sync.Mutex
+	counts   store.PaceCounts
+	flushed  time.Time
+	flushing bool
+	rate     float64
+	rateAt   time.Time
+	timer    *time.Timer // idleFlush, while armed
+}
+
+func (l *Limiter) pace(id string) *pace {
+	if p, ok := l.paces.Load(id); ok {
+		return p.(*pace)
+	}
+	p, _ := l.paces.LoadOrStore(id, &pace{})
+	return p.(*pace)
+}
+
+func (p *pace) setRate(r float64) {
+	p.mu.Lock()
+	p.rate, p.rateAt = r, time.Now()
+	p.mu.Unlock()
+}
+
+// Observe tells adaptive mode how the API answered one request. Answers
+// are added to the rollout's shared window at most every FlushEvery; the
+// call that closes a window applies the rule (Next) to it. Answers left
+// when requests stop (the last ones before a bake, say) are added, and
+// the window closed, by a timer a Window later.
+func (l *Limiter) Observe(ctx context.Context, id string, lim Limits, c Class) error {
+	if !lim.Adaptive || lim.PerSecond <= 0 || c == Ignored {
 		return nil
 	}
-	floor := lim.Floor
-	if floor <= 0 {
-		floor = math.Max(0.1, lim.PerSecond/100)
+	p := l.pace(id)
+	p.mu.Lock()
+	c.add(&p.counts)
+	if p.timer == nil {
+		p.timer = time.AfterFunc(Window+FlushEvery, func() { l.idleFlush(id, lim) })
 	}
-	return l.st.Feedback(ctx, id, store.Pace{Throttled: throttled, Now: time.Now(), Ceiling: lim.PerSecond, Floor: floor,
-		Factor: DecreaseFactor, Every: DecreaseEvery, Fast: FastStep, Slow: SlowStep, Threshold: Threshold})
+	p.mu.Unlock()
+	return l.flush(ctx, id, lim, false)
+}
+
+// idleFlush adds what is left and closes the window if it is due, and
+// looks again a Window later while there were answers to add.
+func (l *Limiter) idleFlush(id string, lim Limits) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	p := l.pace(id)
+	p.mu.Lock()
+	if since := time.Since(p.flushed); since < Window {
+		// Not idle: the answers' own calls flush.
+		p.timer.Reset(Window + FlushEvery - since)
+		p.mu.Unlock()
+		return
+	}
+	more := p.counts != (store.PaceCounts{})
+	p.mu.Unlock()
+	_ = l.flush(ctx, id, lim, true)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if more {
+		p.timer.Reset(Window + FlushEvery)
+	} else {
+		p.timer = nil
+	}
+}
+
+// flush adds this process's answers to the shared window, if FlushEvery
+// has passed (or always, when forced).
+func (l *Limiter) flush(ctx context.Context, id string, lim Limits, force bool) error {
+	p := l.pace(id)
+	now := time.Now()
+	p.mu.Lock()
+	if p.flushing || (!force && now.Sub(p.flushed) < FlushEvery) {
+		p.mu.Unlock()
+		return nil
+	}
+	counts := p.counts
+	p.counts, p.flushing, p.flushed = store.PaceCounts{}, true, now
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.flushing = false
+		p.mu.Unlock()
+	}()
+	r, w, err := l.st.PaceAdd(ctx, id, now, Window, counts)
+	if err != nil {
+		return err
+	}
+	if w != nil {
+		next := Next(w.State, w.Counts, w.Started, now, lim.PerSecond, floorOf(lim))
+		if next != w.State {
+			// Only this call closed the window, so only it writes; the
+			// next window closes a Window later. A cut voids the tokens
+			// reserved at the old rate (see Take).
+			if err := l.st.PaceSet(ctx, id, next, next.Rate < w.State.Rate && w.State.Rate > 0); err != nil {
+				return err
+			}
+		}
+		r = next.Rate
+	}
+	p.setRate(r)
+	return nil
+}
+
+func floorOf(lim Limits) float64 {
+	if lim.Floor > 0 {
+		return lim.Floor
+	}
+	return math.Max(0.1, lim.PerSecond/100)
+}
+
+// PaceState is the rollout's adaptive rate with the reason and time of
+// its last change (rate 0: none set yet).
+func (l *Limiter) PaceState(ctx context.Context, id string) (rate float64, reason string, changedAt time.Time, err error) {
+	return l.st.PaceState(ctx, id)
 }
 
 // The in-flight cap is a semaphore of leases in Redis (store/limits.go).

@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -39,52 +40,54 @@ func TestRateSharedByWorkers(t *testing.T) {
 	})
 }
 
-func TestAdaptiveDecreaseAndRecovery(t *testing.T) {
+// TestAdaptiveSharedWindow: answers from several processes add up in one
+// window per rollout; a cut is seen by every process; fixed mode ignores
+// answers.
+func TestAdaptiveSharedWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := testutil.InBubble(t, testutil.NoFleet)
-		l := ratelimit.New(b.RDB)
+		a, c := ratelimit.New(b.RDB), ratelimit.New(b.RDB)
 		lim := ratelimit.Limits{PerSecond: 100, Adaptive: true}
 		ctx := context.Background()
-		rate := func() float64 {
+		rate := func(l *ratelimit.Limiter) float64 {
 			r, err := l.Rate(ctx, "r", lim)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return r
 		}
-		if r := rate(); r != 100 {
+		if r := rate(a); r != 100 {
 			t.Fatalf("start %v", r)
 		}
-		// A burst of 429s within one second lowers the rate once.
-		for range 10 {
-			l.Feedback(ctx, "r", lim, true)
-		}
-		if r := rate(); r != 85 {
-			t.Fatalf("after a burst of 429s: %v, want 85", r)
-		}
-		time.Sleep(1100 * time.Millisecond)
-		l.Feedback(ctx, "r", lim, true)
-		if r := rate(); r != 72.25 {
-			t.Fatalf("after a second throttle: %v, want 72.25", r)
-		}
-		// Good answers raise it gradually, never above the ceiling.
-		prev := rate()
-		for range 40 {
-			time.Sleep(time.Second)
-			l.Feedback(ctx, "r", lim, false)
-			r := rate()
-			if r < prev || r > 100 {
-				t.Fatalf("recovery went %v -> %v", prev, r)
+		// Half of 100 req/s answered 429 over one window, from two
+		// processes: one cut, to about what the API accepted.
+		for i := range 100 {
+			l, cl := a, ratelimit.OK
+			if i%2 == 1 {
+				l, cl = c, ratelimit.Throttled
 			}
-			prev = r
+			if err := l.Observe(ctx, "r", lim, cl); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		if prev != 100 {
-			t.Fatalf("did not recover: %v", prev)
+		a.Observe(ctx, "r", lim, ratelimit.OK) // closes the window
+		c.Observe(ctx, "r", lim, ratelimit.OK)
+		r, why, at, err := a.PaceState(ctx, "r")
+		if err != nil || r < 40 || r > 55 || !strings.HasPrefix(why, "cut: 429 Too Many Requests") || at.IsZero() {
+			t.Fatalf("after half 429s: rate %v, %q at %v, %v", r, why, at, err)
 		}
-		// Fixed mode ignores feedback.
+		time.Sleep(ratelimit.RateFresh)
+		if r2 := rate(c); r2 != r {
+			t.Fatalf("the other process sees %v, not %v", r2, r)
+		}
+		// Fixed mode ignores answers.
 		fixed := ratelimit.Limits{PerSecond: 50}
-		l.Feedback(ctx, "f", fixed, true)
-		if r, _ := l.Rate(ctx, "f", fixed); r != 50 {
+		for range 20 {
+			c.Observe(ctx, "f", fixed, ratelimit.Throttled)
+			time.Sleep(100 * time.Millisecond)
+		}
+		if r, _ := c.Rate(ctx, "f", fixed); r != 50 {
 			t.Fatalf("fixed rate moved to %v", r)
 		}
 	})
@@ -152,6 +155,28 @@ func TestInFlightSlots(t *testing.T) {
 			if got := rel != nil; got != (i < 2) {
 				t.Fatalf("slot %d after the reap: got one = %v (the live holder still has its own)", i+1, got)
 			}
+		}
+	})
+}
+
+// TestAdaptiveIdleFlush: the last answers before requests stop (a bake,
+// the end of a stage) still reach the shared window, and close it.
+func TestAdaptiveIdleFlush(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := testutil.InBubble(t, testutil.NoFleet)
+		l := ratelimit.New(b.RDB)
+		lim := ratelimit.Limits{PerSecond: 100, Adaptive: true}
+		ctx := context.Background()
+		for _, c := range []ratelimit.Class{ratelimit.OK, ratelimit.Throttled, ratelimit.Throttled, ratelimit.OK} {
+			if err := l.Observe(ctx, "r", lim, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		r, why, _, err := l.PaceState(ctx, "r")
+		if err != nil || r <= 0 || r >= 100 || !strings.HasPrefix(why, "cut: 429") {
+			t.Fatalf("after 429s and silence: rate %v (%q), %v", r, why, err)
 		}
 	})
 }

@@ -6,8 +6,9 @@ package store
 // Keys. Per rollout, after its key base (base in keys.go: its family's
 // hash tag), so each script below touches one slot of a Redis Cluster:
 //
-//	BASE:gcra          the request-rate bucket (redis_rate, which adds its "rate:" prefix)
-//	BASE:pace          the adaptive rate's state (hash: rate, ssthresh, decreased_at, increased_at)
+//	BASE:gcra          the request-rate bucket: GCRA's theoretical arrival time (µs, Redis's clock)
+//	BASE:pace          the adaptive rate's state (hash: rate, ssthresh, baseline, clean, reason,
+//	                   changed_at) and its counting window (w_start and a count per answer class)
 //	BASE:slot-holders  the in-flight semaphore: holders scored by lease end (ms, Redis's clock)
 //	BASE:slot-wake     a short list a release pushes to, to wake one waiter
 //	BASE:slot-orphans  CVMs whose slot was taken back from a dead worker: cvm -> worker
@@ -83,9 +84,39 @@ type Limits struct{ rdb redis.UniversalClient }
 // NewLimits returns the limiter's store on rdb.
 func NewLimits(rdb redis.UniversalClient) *Limits { return &Limits{rdb: rdb} }
 
-// Redis is the client, for the GCRA limiter (github.com/go-redis/redis_rate
-// brings its own script; its key is GCRAKey).
-func (s *Limits) Redis() redis.UniversalClient { return s.rdb }
+// reserveScript takes a request token of a GCRA bucket (as
+// github.com/go-redis/redis_rate, but reserving): the token is taken
+// unless the wait for it would be over max_wait, and the caller is told
+// how long to wait before using it. Waiters sleep once, for their own
+// turn, instead of all asking again each time a token may be free: one
+// round trip per request whatever the queue. KEYS[1] the bucket. ARGV:
+// interval (µs between tokens), burst, max_wait (µs). Returns {taken
+// (0|1), wait (µs)}.
+var reserveScript = redis.NewScript(`
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - now - (burst - 1) * interval
+if wait < 0 then wait = 0 end
+if wait > tonumber(ARGV[3]) then return {0, wait} end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return {1, wait}
+`)
+
+// Reserve takes a token of the rollout's request bucket at rate per second
+// with burst, unless its wait would be over maxWait; wait is how long the
+// caller waits before using it (or would have had to).
+func (s *Limits) Reserve(ctx context.Context, id string, rate float64, burst int, maxWait time.Duration) (taken bool, wait time.Duration, err error) {
+	v, err := reserveScript.Run(ctx, s.rdb, []string{GCRAKey(id)}, int64(1e6/rate), max(1, burst), maxWait.Microseconds()).Int64Slice()
+	if err != nil || len(v) != 2 {
+		return false, 0, err
+	}
+	return v[0] == 1, time.Duration(v[1]) * time.Microsecond, nil
+}
 
 // PaceRate is the adaptive rate last set for a rollout; ok is false when
 // none was.
@@ -101,52 +132,131 @@ func (s *Limits) PaceRate(ctx context.Context, id string) (rate float64, ok bool
 	return r, true, nil
 }
 
-// Pace is one adaptive-rate adjustment (see ratelimit's constants).
-type Pace struct {
-	Throttled      bool
-	Now            time.Time
-	Ceiling, Floor float64
-	Factor         float64
-	Every          time.Duration
-	Fast, Slow     float64
-	Threshold      float64
+// PaceState is a rollout's adaptive rate with the reason and time of its
+// last change; rate is 0 when adaptive mode never set one (the rollout runs
+// at its file's rate, or has had no answers yet).
+func (s *Limits) PaceState(ctx context.Context, id string) (rate float64, reason string, changedAt time.Time, err error) {
+	v, err := s.rdb.HMGet(ctx, PaceKey(id), "rate", "reason", "changed_at").Result()
+	if err != nil {
+		return 0, "", time.Time{}, err
+	}
+	rate = num(v[0])
+	reason, _ = v[1].(string)
+	if ms := num(v[2]); ms > 0 {
+		changedAt = time.UnixMilli(int64(ms))
+	}
+	return rate, reason, changedAt, nil
 }
 
-// feedbackScript adjusts the adaptive rate. KEYS[1] the pace hash.
-// ARGV: throttled(0|1), now (ms), ceiling, floor, factor, every (ms),
-// fast step, slow step, threshold.
-var feedbackScript = redis.NewScript(`
-local rate = tonumber(redis.call('HGET', KEYS[1], 'rate') or ARGV[3])
-local now = tonumber(ARGV[2])
-local ceiling, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
-if ARGV[1] == '1' then
-  local last = tonumber(redis.call('HGET', KEYS[1], 'decreased_at') or '0')
-  if now - last >= tonumber(ARGV[6]) then
-    redis.call('HSET', KEYS[1], 'ssthresh', tostring(rate * tonumber(ARGV[9])))
-    rate = math.max(floor, rate * tonumber(ARGV[5]))
-    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'decreased_at', now, 'increased_at', now)
-  end
-else
-  local last = tonumber(redis.call('HGET', KEYS[1], 'increased_at') or '0')
-  if rate < ceiling and now - last >= 1000 then
-    local ssthresh = tonumber(redis.call('HGET', KEYS[1], 'ssthresh') or ARGV[3])
-    local step = tonumber(ARGV[8])
-    if rate < ssthresh then step = tonumber(ARGV[7]) end
-    rate = math.min(ceiling, rate + math.max(0.1, rate * step))
-    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'increased_at', now)
-  end
+func num(v any) float64 {
+	s, _ := v.(string)
+	f, _ := strconv.ParseFloat(s, 64)
+	return f
+}
+
+// PaceCounts are the API's answers to a rollout's requests, by class, over
+// some time (package ratelimit classes them).
+type PaceCounts struct {
+	OK, Throttled, Busy, Errors, Timeouts int64
+}
+
+// Add adds c to p.
+func (p *PaceCounts) Add(c PaceCounts) {
+	p.OK += c.OK
+	p.Throttled += c.Throttled
+	p.Busy += c.Busy
+	p.Errors += c.Errors
+	p.Timeouts += c.Timeouts
+}
+
+// PaceRecord is the adaptive rate's state, as package ratelimit's rule
+// reads and writes it.
+type PaceRecord struct {
+	Rate, Ssthresh, Baseline float64 // Rate 0: none set yet
+	Clean                    int     // windows in a row without overload
+	Reason                   string
+	ChangedAt                time.Time
+}
+
+// paceAddScript adds answers to the rollout's current window, and closes
+// the window when it has lasted long enough: the caller that closes it
+// gets its counts and the state, decides (in Go), and writes the new state
+// with PaceSet. Only one caller closes a window. KEYS[1] the pace hash.
+// ARGV: now (ms), window (ms), ok, throttled, busy, errors, timeouts.
+// Returns {rate} or, for the closer, {rate, started, ok, throttled, busy,
+// errors, timeouts, ssthresh, baseline, clean, reason, changed_at}.
+var paceAddScript = redis.NewScript(`
+local k = KEYS[1]
+local names = {'w_ok', 'w_thr', 'w_busy', 'w_err', 'w_to'}
+for i = 1, 5 do
+  if ARGV[i + 2] ~= '0' then redis.call('HINCRBY', k, names[i], ARGV[i + 2]) end
 end
-return tostring(rate)
+local now = tonumber(ARGV[1])
+local started = tonumber(redis.call('HGET', k, 'w_start') or '0')
+local rate = redis.call('HGET', k, 'rate') or '0'
+if started == 0 then
+  redis.call('HSET', k, 'w_start', now)
+  return {rate}
+end
+if now - started < tonumber(ARGV[2]) then return {rate} end
+local c = redis.call('HMGET', k, 'w_ok', 'w_thr', 'w_busy', 'w_err', 'w_to', 'ssthresh', 'baseline', 'clean', 'reason', 'changed_at')
+redis.call('HDEL', k, 'w_ok', 'w_thr', 'w_busy', 'w_err', 'w_to')
+redis.call('HSET', k, 'w_start', now)
+local out = {rate, tostring(started)}
+for i = 1, 10 do out[#out + 1] = c[i] or '' end
+return out
 `)
 
-// Feedback applies one adaptive-rate adjustment to a rollout.
-func (s *Limits) Feedback(ctx context.Context, id string, p Pace) error {
-	t := "0"
-	if p.Throttled {
-		t = "1"
+// PaceAdd adds c to the rollout's current window at now. rate is the
+// adaptive rate (0: none set); closed is non-nil when this call closed a
+// window that began at least window ago: then its counts, since started,
+// and the state are for the caller to decide on.
+func (s *Limits) PaceAdd(ctx context.Context, id string, now time.Time, window time.Duration, c PaceCounts) (rate float64, closed *PaceWindow, err error) {
+	v, err := paceAddScript.Run(ctx, s.rdb, []string{PaceKey(id)}, now.UnixMilli(), window.Milliseconds(),
+		c.OK, c.Throttled, c.Busy, c.Errors, c.Timeouts).StringSlice()
+	if err != nil || len(v) == 0 {
+		return 0, nil, err
 	}
-	return feedbackScript.Run(ctx, s.rdb, []string{PaceKey(id)}, t, p.Now.UnixMilli(), p.Ceiling, p.Floor,
-		p.Factor, p.Every.Milliseconds(), p.Fast, p.Slow, p.Threshold).Err()
+	rate, _ = strconv.ParseFloat(v[0], 64)
+	if len(v) < 12 {
+		return rate, nil, nil
+	}
+	f := func(i int) float64 { x, _ := strconv.ParseFloat(v[i], 64); return x }
+	w := &PaceWindow{Started: time.UnixMilli(int64(f(1))),
+		Counts: PaceCounts{OK: int64(f(2)), Throttled: int64(f(3)), Busy: int64(f(4)), Errors: int64(f(5)), Timeouts: int64(f(6))},
+		State:  PaceRecord{Rate: rate, Ssthresh: f(7), Baseline: f(8), Clean: int(f(9)), Reason: v[10]}}
+	if ms := f(11); ms > 0 {
+		w.State.ChangedAt = time.UnixMilli(int64(ms))
+	}
+	return rate, w, nil
+}
+
+// PaceWindow is a closed window of answers and the state it closed on.
+type PaceWindow struct {
+	Started time.Time
+	Counts  PaceCounts
+	State   PaceRecord
+}
+
+// PaceSet writes the adaptive rate's state (the counting window is left
+// alone: answers keep arriving meanwhile). resetBucket also empties the
+// request bucket's queue of reservations, made at the rate before a cut
+// (both keys are the rollout's: one slot).
+func (s *Limits) PaceSet(ctx context.Context, id string, r PaceRecord, resetBucket bool) error {
+	var changed int64
+	if !r.ChangedAt.IsZero() {
+		changed = r.ChangedAt.UnixMilli()
+	}
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, PaceKey(id), "rate", strconv.FormatFloat(r.Rate, 'g', -1, 64),
+			"ssthresh", strconv.FormatFloat(r.Ssthresh, 'g', -1, 64), "baseline", strconv.FormatFloat(r.Baseline, 'g', -1, 64),
+			"clean", r.Clean, "reason", r.Reason, "changed_at", changed)
+		if resetBucket {
+			p.Del(ctx, GCRAKey(id))
+		}
+		return nil
+	})
+	return err
 }
 
 // The in-flight cap is a semaphore of leases: a sorted set of holders

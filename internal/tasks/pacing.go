@@ -18,8 +18,7 @@ type Pacer struct {
 
 // Limits merges the file's rate section over the worker's defaults.
 func (p *Pacer) Limits(spec *plan.File) ratelimit.Limits {
-	r := spec.Rate
-	lim := ratelimit.Limits{PerSecond: r.RequestsPerSecond(), Burst: r.Burst, MaxInFlight: r.MaxInFlight, Adaptive: r.IsAdaptive()}
+	lim := ratelimit.FileLimits(spec.Rate)
 	if lim.PerSecond == 0 {
 		lim.PerSecond = p.Defaults.RequestsPerSecond()
 	}
@@ -61,9 +60,10 @@ func (p *paced) take(ctx context.Context) error {
 	return nil
 }
 
+// feedback tells the adaptive rate the answer's class (ratelimit.ClassOf:
+// 429, 503 with Retry-After, other 5xx, timeout, ok).
 func (p *paced) feedback(ctx context.Context, err error) {
-	st := api.StatusOf(err)
-	_ = p.ctxp.L.Feedback(context.WithoutCancel(ctx), p.rollout, p.lim, st == 429 || st == 503)
+	_ = p.ctxp.L.Observe(context.WithoutCancel(ctx), p.rollout, p.lim, ratelimit.ClassOf(err))
 }
 
 func (p *paced) GetCVM(ctx context.Context, id string) (*api.CVM, error) {

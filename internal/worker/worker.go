@@ -190,7 +190,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 		c := control.New(rdb)
 		hk := &housekeeping{ctl: c, log: cfg.Log, retention: cfg.Retention}
 		ctl := &control.Controller{Control: c, Owner: cfg.Name, Log: cfg.Log, Reaper: lim,
-			StallAfter: cfg.StallAfter, OnLead: hk.onLead}
+			StallAfter: cfg.StallAfter, OnLead: hk.onLead, PlanPace: lim.PlanPacer}
 		if r, ok := cfg.API.(plan.Reader); ok {
 			ctl.Planner = r
 		}

@@ -23,15 +23,29 @@ import (
 type Faults struct {
 	Latency      time.Duration // added to every request
 	LatencySpike float64       // share of requests that take 10x Latency (min 1s)
-	ErrorRate    float64       // share of requests answered 500/502/503
-	RateLimit    float64       // requests per second across all clients; above it, 429 + Retry-After
-	RateBurst    int           // token bucket size (default: RateLimit, at least 1)
-	DropRate     float64       // share of requests whose connection is closed with no answer
-	HangRate     float64       // share of requests that never answer (until the client gives up)
-	GateOff      bool          // the workspace's network-config feature is off: PATCH answers 403
-	Down         bool          // every request answers 503
+	ErrorRate    float64       // share of requests answered 500/502/503 (or ErrorCodes)
+	ErrorCodes   []int         // the statuses ErrorRate answers, at random (default 500, 502, 503)
+	// ErrorRetryAfter, when set, goes with every injected 503 as its
+	// Retry-After (whole seconds): an API that says it is busy.
+	ErrorRetryAfter time.Duration
+	RateLimit       float64 // requests per second across all clients; above it, 429 + Retry-After
+	RateBurst       int     // token bucket size (default: RateLimit, at least 1)
+	// RateChanges change RateLimit (burst included, as RateBurst/RateLimit
+	// says) at the given times after SetFaults: a limit that drops or rises
+	// mid-rollout.
+	RateChanges []RateChange
+	DropRate    float64 // share of requests whose connection is closed with no answer
+	HangRate    float64 // share of requests that never answer (until the client gives up)
+	GateOff     bool    // the workspace's network-config feature is off: PATCH answers 403
+	Down        bool    // every request answers 503
 	// RestartTime is how long a CVM takes to come back after PATCH with restart:true.
 	RestartTime time.Duration
+}
+
+// RateChange is a new rate limit from After on.
+type RateChange struct {
+	After time.Duration
+	Limit float64
 }
 
 // Options configures a Server.
@@ -75,6 +89,7 @@ type Server struct {
 	order   []*cvm
 	faults  Faults
 	limiter *rate.Limiter
+	changes []*time.Timer  // pending RateChanges
 	forced  map[string]int // cvm id -> status to answer on PATCH
 	unread  map[string]int // cvm id -> status to answer on GET network-config
 	patches map[string]int
@@ -115,14 +130,32 @@ func (s *Server) SetFaults(f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults = f
-	s.limiter = nil
-	if f.RateLimit > 0 {
-		b := f.RateBurst
-		if b <= 0 {
-			b = max(1, int(f.RateLimit))
-		}
-		s.limiter = rate.NewLimiter(rate.Limit(f.RateLimit), b)
+	for _, t := range s.changes {
+		t.Stop()
 	}
+	s.changes = nil
+	s.limiter = newLimiter(f.RateLimit, f.RateBurst, f.RateLimit)
+	for _, c := range f.RateChanges {
+		s.changes = append(s.changes, time.AfterFunc(c.After, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.faults.RateLimit = c.Limit
+			s.limiter = newLimiter(c.Limit, f.RateBurst, f.RateLimit)
+		}))
+	}
+}
+
+// newLimiter is a token bucket at limit req/s (nil: none) whose burst is
+// burst at base req/s, scaled to limit (default: a second's worth).
+func newLimiter(limit float64, burst int, base float64) *rate.Limiter {
+	if limit <= 0 {
+		return nil
+	}
+	b := max(1, int(limit))
+	if burst > 0 && base > 0 {
+		b = max(1, int(float64(burst)*limit/base))
+	}
+	return rate.NewLimiter(rate.Limit(limit), b)
 }
 
 // Faults returns the injected faults.
@@ -319,8 +352,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if f.ErrorRate > 0 && rand.Float64() < f.ErrorRate {
 		s.serverErrors.Add(1)
-		codes := []int{500, 502, 503}
+		codes := f.ErrorCodes
+		if len(codes) == 0 {
+			codes = []int{500, 502, 503}
+		}
 		code := codes[rand.IntN(len(codes))]
+		if code == http.StatusServiceUnavailable && f.ErrorRetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(f.ErrorRetryAfter.Seconds()))))
+		}
 		writeJSON(w, code, map[string]any{"detail": http.StatusText(code)})
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api"
@@ -612,6 +613,46 @@ func TestFaults(t *testing.T) {
 		if got := f.s.Stats().Throttled - before; got != 3 {
 			t.Errorf("Throttled grew by %d, want 3 (1 raw + 2 client tries)", got)
 		}
+	})
+
+	t.Run("ErrorCodes and ErrorRetryAfter: a busy 503", func(t *testing.T) {
+		f.s.SetFaults(sim.Faults{ErrorRate: 1, ErrorCodes: []int{503}, ErrorRetryAfter: 2 * time.Second})
+		defer f.s.SetFaults(sim.Faults{})
+		resp, _ := f.do(t, http.MethodGet, nc, "")
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "2" {
+			t.Fatalf("%d, Retry-After %q; want 503 with 2", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		f.s.SetFaults(sim.Faults{ErrorRate: 1, ErrorCodes: []int{503}})
+		if resp, _ := f.do(t, http.MethodGet, nc, ""); resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "" {
+			t.Fatalf("%d, Retry-After %q; want a bare 503", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	})
+
+	t.Run("RateChanges change the limit", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := sim.New(sim.Options{APIKey: "k"})
+			s.SetFaults(sim.Faults{RateLimit: 1000, RateBurst: 1000, RateChanges: []sim.RateChange{{After: time.Second, Limit: 0.001}}})
+			get := func() int {
+				w := httptest.NewRecorder()
+				r := httptest.NewRequest(http.MethodGet, "/api/v1/cvms", nil)
+				r.Header.Set("X-API-Key", "k")
+				s.ServeHTTP(w, r)
+				return w.Code
+			}
+			for range 2 {
+				if c := get(); c != 200 {
+					t.Fatalf("before the change: %d", c)
+				}
+			}
+			time.Sleep(1500 * time.Millisecond)
+			if f := s.Faults(); f.RateLimit != 0.001 {
+				t.Fatalf("Faults().RateLimit %v after the change", f.RateLimit)
+			}
+			get() // the new bucket's one token
+			if c := get(); c != 429 {
+				t.Fatalf("after the change: %d, want 429", c)
+			}
+		})
 	})
 
 	t.Run("ErrorRate 1 gives 5xx", func(t *testing.T) {
