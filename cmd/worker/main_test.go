@@ -28,6 +28,19 @@ retry: {max_attempts: 4, backoff: {base: 1s, max: 2s}}
 `
 
 // buildWorker compiles this command once per test.
+// alongside lets a process test run beside the others (t.Parallel, at
+// most -parallel, GOMAXPROCS by default, at once) when nothing it uses is
+// shared: without REDIS_URL each test has its own miniredis; with it, the
+// tests on that Redis take turns (each FLUSHes its database) and only those
+// on servers of their own (ownServer) run side by side. Most of these
+// tests wait on timers (asynq's lease recovery, bakes, failovers), so side
+// by side they cost CI little CPU and much less time.
+func alongside(t *testing.T, ownServer bool) {
+	if ownServer || os.Getenv("REDIS_URL") == "" {
+		t.Parallel()
+	}
+}
+
 func buildWorker(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "worker")
@@ -73,6 +86,7 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for asynq's lease recovery (about 90s)")
 	}
+	alongside(t, false)
 	bin := buildWorker(t)
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 50, Seed: 4, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	b.Sim.SetFaults(sim.Faults{Latency: 300 * time.Millisecond})
@@ -196,6 +210,7 @@ func TestAllWorkersKilledDuringBake(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs worker processes for about 20s")
 	}
+	alongside(t, false)
 	bin := buildWorker(t)
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 30, Seed: 14, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	p := b.Apply(t, "name: bake\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nstages: [5, \"100%\"]\nbake: 8s\n")

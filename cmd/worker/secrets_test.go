@@ -48,6 +48,7 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a worker process")
 	}
+	alongside(t, true)
 	const password = "s3cret-redis-pw-7f3a"
 	var addr string
 	if _, err := exec.LookPath("redis-server"); err == nil {
