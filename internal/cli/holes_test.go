@@ -361,3 +361,38 @@ func TestRetryRacesANewRunAtItsClaim(t *testing.T) {
 		t.Fatalf("%s is claimed by %q, want %s, which works it", bad, owner, holder)
 	}
 }
+
+// TestRetryCountsWhatTheControllerQueuedFirst: the controller may queue a
+// retry's CVMs (its generation is ahead of what was queued) between the
+// retry's reset and its own queueing; retry still says how many CVMs are
+// queued again (it said 0, the task ids having kept them from going twice).
+func TestRetryCountsWhatTheControllerQueuedFirst(t *testing.T) {
+	b := testutil.Setup(t, holeFleet)
+	file := testutil.WriteFile(t, "name: count\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\n")
+	id, _ := completedWithOneFailure(t, b, file)
+	ctx := context.Background()
+	scans, stepped := 0, false
+	hooked := b.HookedClient(t, &testutil.Before{
+		// The retry reads the records twice: for its failed CVMs, then,
+		// after its reset, for what to queue. The controller goes between.
+		Match: func(c redis.Cmder) bool {
+			if c.Name() == "lrange" && testutil.Names(c, store.OrderKey(id)) {
+				scans++
+			}
+			return scans == 2
+		},
+		Fn: func() {
+			ctl := &control.Controller{Control: control.New(b.RDB)}
+			if err := ctl.Step(ctx, id, time.Now()); err != nil {
+				t.Error(err)
+			}
+			stepped = true
+		},
+	})
+	n, err := control.New(hooked).RetryFailed(ctx, id, "op", time.Now())
+	if err != nil || n != 1 || !stepped {
+		t.Fatalf("retry: %d queued again (controller stepped first: %v), %v; want 1", n, stepped, err)
+	}
+	b.Workers(t, 1, 4)
+	b.WaitState(t, id, 30*time.Second, store.RolloutCompleted)
+}

@@ -106,7 +106,10 @@ func (c *Control) onlyFailed(ctx context.Context, id string, failed, want []stri
 
 // requeue queues every pending CVM with a task generation of its own (what
 // retries reset) and records the rollout's generation as queued. The
-// controller calls it too, for a retry whose process died before it.
+// controller calls it too, for a retry whose process died before it. It
+// returns how many CVMs are queued again, whoever queued them: the
+// controller may have queued a retry's CVMs before the retry itself got
+// to (the task ids keep them from being queued twice).
 func (c *Control) requeue(ctx context.Context, id string, spec *plan.File) (int, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
@@ -139,11 +142,10 @@ func (c *Control) requeue(ctx context.Context, id string, spec *plan.File) (int,
 			byGen[g] = slices.DeleteFunc(l, func(c string) bool { return c == cvm })
 		}
 	}
-	n, err := c.enqueue(ctx, id, spec, byGen)
-	if err != nil {
-		return n, err
+	if _, err := c.enqueue(ctx, id, spec, byGen); err != nil {
+		return 0, err
 	}
-	return n, c.Store.Requeued(ctx, id, r.Gen)
+	return len(ids) - len(taken), c.Store.Requeued(ctx, id, r.Gen)
 }
 
 // Promote lets the current stage move on once it is done: past a manual
