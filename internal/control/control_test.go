@@ -272,7 +272,9 @@ func TestRetryFailed(t *testing.T) {
 		for _, id := range bad {
 			b.Sim.FailPatch(id, 0)
 		}
-		// Two operators at once: each CVM is queued by exactly one of them.
+		// Two operators at once: one resets the 3 CVMs and says so; the
+		// other resets none and says what it queued of them, if it got
+		// there first; each CVM is queued once (task ids) and patched.
 		var wg sync.WaitGroup
 		queued := make([]int, 2)
 		for i := range 2 {
@@ -285,8 +287,8 @@ func TestRetryFailed(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if queued[0]+queued[1] != 3 {
-			t.Fatalf("queued %v, want 3 in all", queued)
+		if max(queued[0], queued[1]) != 3 {
+			t.Fatalf("queued %v, want one of them to say 3", queued)
 		}
 		waitFor(t, time.Hour, "retry to finish", func() bool {
 			r := get(t, b, p.ID)

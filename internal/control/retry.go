@@ -60,9 +60,10 @@ func (c *Control) retry(ctx context.Context, id, who, how string, only []string,
 			return 0, err
 		}
 	}
+	reset := 0
 	if len(failed) > 0 {
 		var ne *store.NotAllowedError
-		_, _, err = c.Store.Retry(ctx, id, who, how, failed, now)
+		_, reset, err = c.Store.Retry(ctx, id, who, how, failed, now)
 		switch {
 		case errors.As(err, &ne) && ne.State == store.RolloutCancelled:
 			return 0, fmt.Errorf("retry: rollout %s is cancelled; apply a new rollout instead", id)
@@ -74,8 +75,15 @@ func (c *Control) retry(ctx context.Context, id, who, how string, only []string,
 	}
 	// Queue what was reset now and any CVM an earlier, interrupted retry
 	// reset but did not get to queue (task ids keep a CVM from being
-	// queued twice).
-	return c.requeue(ctx, id, spec)
+	// queued twice). The count is what this retry reset: the controller
+	// may queue those first (their generation is ahead of what was
+	// queued), and they are queued all the same. A retry that reset
+	// nothing counts what it queued of an earlier one's.
+	n, err := c.requeue(ctx, id, spec)
+	if reset > 0 {
+		return reset, err
+	}
+	return n, err
 }
 
 // onlyFailed checks that every id of want is failed in rollout id and
@@ -107,9 +115,7 @@ func (c *Control) onlyFailed(ctx context.Context, id string, failed, want []stri
 // requeue queues every pending CVM with a task generation of its own (what
 // retries reset) and records the rollout's generation as queued. The
 // controller calls it too, for a retry whose process died before it. It
-// returns how many CVMs are queued again, whoever queued them: the
-// controller may have queued a retry's CVMs before the retry itself got
-// to (the task ids keep them from being queued twice).
+// returns how many CVMs it queued itself.
 func (c *Control) requeue(ctx context.Context, id string, spec *plan.File) (int, error) {
 	r, err := c.Store.Get(ctx, id)
 	if err != nil {
@@ -142,10 +148,11 @@ func (c *Control) requeue(ctx context.Context, id string, spec *plan.File) (int,
 			byGen[g] = slices.DeleteFunc(l, func(c string) bool { return c == cvm })
 		}
 	}
-	if _, err := c.enqueue(ctx, id, spec, byGen); err != nil {
-		return 0, err
+	n, err := c.enqueue(ctx, id, spec, byGen)
+	if err != nil {
+		return n, err
 	}
-	return len(ids) - len(taken), c.Store.Requeued(ctx, id, r.Gen)
+	return n, c.Store.Requeued(ctx, id, r.Gen)
 }
 
 // Promote lets the current stage move on once it is done: past a manual
