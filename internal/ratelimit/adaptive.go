@@ -71,6 +71,7 @@ const (
 	SlowStep       = 0.01
 	ProbeEvery     = 5
 	Threshold      = 0.9
+	ProbeBand      = 0.15
 )
 
 // Class is how the API answered one request, for adaptive mode.
@@ -166,7 +167,7 @@ func Next(s store.PaceRecord, c store.PaceCounts, started, now time.Time, ceilin
 		// answers counted late) cuts by twice their share, no more.
 		share := float64(c.Throttled+c.Busy) / float64(all)
 		cut = math.Max(from*MaxCut, math.Min(s.Rate, Backoff*math.Max(accepted, from*(1-2*share))))
-		ssthresh = math.Min(ssthresh, accepted)
+		ssthresh = accepted
 		why = fmt.Sprintf("429 Too Many Requests: %d of %d answers", c.Throttled, all)
 		if c.Throttled == 0 {
 			why = fmt.Sprintf("503 with Retry-After: %d of %d answers", c.Busy, all)
@@ -193,10 +194,17 @@ func Next(s store.PaceRecord, c store.PaceCounts, started, now time.Time, ceilin
 		return s
 	}
 	step := FastStep
-	if s.Rate >= s.Ssthresh {
+	switch {
+	case s.Rate >= s.Ssthresh*(1+ProbeBand):
 		step = math.Min(FastStep, SlowStep*math.Pow(2, float64(s.Clean/ProbeEvery)))
+	case s.Rate >= s.Ssthresh:
+		step = SlowStep
 	}
-	s.Rate = math.Min(ceiling, s.Rate+math.Max(0.1, s.Rate*step))
+	next := s.Rate + math.Max(0.1, s.Rate*step)
+	if s.Rate < s.Ssthresh {
+		next = math.Min(next, s.Ssthresh)
+	}
+	s.Rate = math.Min(ceiling, next)
 	// The last cut stays in the reason until the rate is back at the
 	// file's: what slowed the rollout is what an operator asks.
 	last := ""
