@@ -38,7 +38,7 @@ func TestKilledWorkerFreesItsSlots(t *testing.T) {
 		t.Skip("waits for asynq's lease recovery (about 90s)")
 	}
 	bin := buildWorker(t)
-	b := testutil.Setup(t, sim.FleetOptions{CVMs: 30, Seed: 21, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	b := setupWaiting(t, sim.FleetOptions{CVMs: 30, Seed: 21, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	// Each CVM's try is two calls (GET config, PATCH) of 1.5s: slots are
 	// held for about 3s.
 	b.Sim.SetFaults(sim.Faults{Latency: 1500 * time.Millisecond})

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/phalafleet/rollout/internal/api/sim"
+	"github.com/phalafleet/rollout/internal/redisconn"
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
 	"github.com/phalafleet/rollout/internal/worker"
@@ -28,6 +31,53 @@ retry: {max_attempts: 4, backoff: {base: 1s, max: 2s}}
 `
 
 // buildWorker compiles this command once per test.
+// TestMain lets up to 4 process tests run at once unless -parallel says
+// otherwise: they mostly wait (two of them on asynq's lease recovery, about
+// 80 s each), so 4 at once on 2 cores finish in about the time of the
+// longest two instead of their sum.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.parallel"); f != nil && f.Value.String() == strconv.Itoa(runtime.GOMAXPROCS(0)) {
+		f.Value.Set(strconv.Itoa(max(4, runtime.GOMAXPROCS(0))))
+	}
+	os.Exit(m.Run())
+}
+
+// alongside lets a process test run beside the others (t.Parallel, at
+// most -parallel, GOMAXPROCS by default, at once) when nothing it uses is
+// shared: without REDIS_URL each test has its own miniredis; with it, the
+// tests on that Redis take turns (each FLUSHes its database) and only those
+// on servers of their own (ownServer) run side by side. Most of these
+// tests wait on timers (asynq's lease recovery, bakes, failovers), so side
+// by side they cost CI little CPU and much less time.
+func alongside(t *testing.T, ownServer bool) {
+	t.Helper()
+	if ownServer || os.Getenv("REDIS_URL") == "" {
+		t.Parallel()
+	}
+}
+
+// setupWaiting is testutil.Setup for the two tests that wait on asynq's
+// lease recovery (about 80 s each, idle): with REDIS_URL set and
+// redis-server installed, each gets a private redis-server (a real Redis,
+// which is what REDIS_URL asks for) and runs beside the others; otherwise
+// it is alongside(t, false) and testutil.Setup.
+func setupWaiting(t *testing.T, fleet sim.FleetOptions) *testutil.Bundle {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil || os.Getenv("REDIS_URL") == "" {
+		alongside(t, false)
+		return testutil.Setup(t, fleet)
+	}
+	t.Parallel()
+	url := "redis://" + testutil.StartRedis(t).Addr() + "/0"
+	rdb, err := redisconn.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return testutil.SetupOn(t, fleet, rdb, url)
+}
+
 func buildWorker(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "worker")
@@ -74,7 +124,7 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 		t.Skip("waits for asynq's lease recovery (about 90s)")
 	}
 	bin := buildWorker(t)
-	b := testutil.Setup(t, sim.FleetOptions{CVMs: 50, Seed: 4, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
+	b := setupWaiting(t, sim.FleetOptions{CVMs: 50, Seed: 4, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	b.Sim.SetFaults(sim.Faults{Latency: 300 * time.Millisecond})
 	p := b.Apply(t, file)
 
@@ -196,6 +246,7 @@ func TestAllWorkersKilledDuringBake(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs worker processes for about 20s")
 	}
+	alongside(t, false)
 	bin := buildWorker(t)
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 30, Seed: 14, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	p := b.Apply(t, "name: bake\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nstages: [5, \"100%\"]\nbake: 8s\n")

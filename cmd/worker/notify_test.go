@@ -80,6 +80,7 @@ func TestNotificationsExactlyOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs three worker processes for about 15s")
 	}
+	alongside(t, false)
 	bin := buildWorker(t)
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 16, Seed: 5, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	h := &hook{t: t, got: map[string][]notify.Payload{}, from: map[string][]string{}, first: make(chan string, 1), release: make(chan struct{})}

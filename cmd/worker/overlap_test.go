@@ -43,6 +43,7 @@ func TestOverlapWithWorkerProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two worker processes for about 15s")
 	}
+	alongside(t, false)
 	bin := buildWorker(t)
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 60, Seed: 23, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9})
 	b.Sim.SetFaults(sim.Faults{Latency: 150 * time.Millisecond})

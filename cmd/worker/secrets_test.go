@@ -48,6 +48,7 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a worker process")
 	}
+	alongside(t, true)
 	const password = "s3cret-redis-pw-7f3a"
 	var addr string
 	if _, err := exec.LookPath("redis-server"); err == nil {
@@ -109,7 +110,7 @@ func TestNoSecretInAnythingWritten(t *testing.T) {
 	}
 
 	metrics := testutil.FreePort(t)
-	var log lockedBuffer
+	var log testutil.Buffer
 	w := exec.Command(bin, "--concurrency", "8", "--debug", "--api-key-file", keyFile, "--http-addr", "127.0.0.1:"+strconv.Itoa(metrics))
 	w.Env = append(os.Environ(), "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+url, "PHALA_CLOUD_API_KEY=", "ROLLOUT_TEST_HOOK_SECRET="+hookSecret)
 	w.Stdout, w.Stderr = &log, &log
@@ -193,7 +194,7 @@ func dashboardWithToken(t *testing.T, url, id, token string) []output {
 	}
 	port := testutil.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	var log lockedBuffer
+	var log testutil.Buffer
 	done := make(chan error, 1)
 	go func() {
 		e := &cli.Env{Stdout: &log, Stderr: &log, Stdin: strings.NewReader(""), Getenv: func(k string) string {
@@ -287,28 +288,4 @@ func between(s, from, to string) string {
 	}
 	v, _, _ := strings.Cut(rest, to)
 	return v
-}
-
-// lockedBuffer is a process's output, written by its two streams.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *lockedBuffer) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Len()
 }

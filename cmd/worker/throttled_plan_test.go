@@ -48,6 +48,7 @@ func TestThrottledPlanApplies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a worker process against a throttling API")
 	}
+	alongside(t, false)
 	bin := buildWorker(t)
 	b := testutil.Setup(t, sim.FleetOptions{CVMs: 100, Seed: 17, AtTargetShare: 0.1,
 		AtTargetKMS: []string{"https://kms-new.example:8000"}, AtTargetGateway: []string{"https://gw-new.example:8000"}})

@@ -76,6 +76,7 @@ func TestClusterFailoverMidRollout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 6-node Redis Cluster and 3 worker processes")
 	}
+	alongside(t, true)
 	cl := testutil.StartCluster(t)
 	bin := buildWorker(t)
 	rdb, err := redisconn.Open(context.Background(), cl.URL())
@@ -124,6 +125,7 @@ func TestTLSPrivateCA(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-server and a worker process")
 	}
+	alongside(t, true)
 	testutil.NeedTLS(t)
 	f := testutil.GenTLS(t)
 	port := testutil.FreePort(t)
@@ -169,6 +171,7 @@ func TestSentinelFailoverMidRollout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-servers, a Sentinel and 2 worker processes")
 	}
+	alongside(t, true)
 	sentinelRollout(t, true)
 }
 
@@ -181,6 +184,7 @@ func TestSentinelFailoverMidRollout(t *testing.T) {
 // while its first try still ran may get the same PATCH twice, never more.
 // It takes minutes: ROLLOUT_SLOW_TESTS=1 runs it.
 func TestSentinelUnplannedFailover(t *testing.T) {
+	alongside(t, true)
 	if os.Getenv("ROLLOUT_SLOW_TESTS") == "" {
 		t.Skip("waits minutes for asynq's lease recovery; ROLLOUT_SLOW_TESTS=1 runs it")
 	}
@@ -347,6 +351,7 @@ func TestManyWorkersHoldTheFleetLimits(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-server and 4 worker processes")
 	}
+	alongside(t, true)
 	srv := testutil.StartRedis(t)
 	url := "redis://" + srv.Addr() + "/0"
 	rdb, err := redisconn.Open(context.Background(), url)

@@ -248,7 +248,7 @@ func TestConfirmInterrupted(t *testing.T) {
 	stdin, w := io.Pipe() // nobody answers
 	t.Cleanup(func() { w.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb lockedBuffer
+	var out, errb testutil.Buffer
 	env := map[string]string{"PHALA_CLOUD_API_KEY": b.Key, "PHALA_CLOUD_API_PREFIX": b.SimURL, "REDIS_URL": b.RedisURL}
 	e := &Env{Stdout: &out, Stderr: &errb, Stdin: stdin, IsTerminal: true, Getenv: func(k string) string { return env[k] }}
 	done := make(chan error, 1)

@@ -35,7 +35,7 @@ func TestDashboardCommandServes(t *testing.T) {
 	if err := os.WriteFile(p, []byte("0123456789abcdef-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var errb lockedBuffer // logs_test.go
+	var errb testutil.Buffer // logs_test.go
 	e := &Env{Stdout: io.Discard, Stderr: &errb, Stdin: strings.NewReader(""), Getenv: func(k string) string {
 		return map[string]string{"REDIS_URL": b.RedisURL}[k]
 	}}

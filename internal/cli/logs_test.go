@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,24 +14,6 @@ import (
 	"github.com/phalafleet/rollout/internal/store"
 	"github.com/phalafleet/rollout/internal/testutil"
 )
-
-// lockedBuffer is a stderr the worker writes from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestWorkerJSONLogs runs `worker --log-format json` through a rollout in
 // which one CVM fails at once (404) and one is retried, then fails (500):
@@ -45,7 +26,7 @@ func TestWorkerJSONLogs(t *testing.T) {
 	b.Sim.FailPatch(ids[1], 404)
 	b.Sim.FailPatch(ids[2], 500)
 	file := testutil.WriteFile(t, fmt.Sprintf("name: logs\nselector: {all: true}\ntarget: {kms_urls: [%q]}\nretry: {max_attempts: 2, backoff: {base: 10ms, max: 10ms}}\n", newKMS))
-	var stderr lockedBuffer
+	var stderr testutil.Buffer
 	env := map[string]string{"PHALA_CLOUD_API_KEY": b.Key, "PHALA_CLOUD_API_PREFIX": b.SimURL, "REDIS_URL": b.RedisURL}
 	e := &Env{Stdout: &bytes.Buffer{}, Stderr: &stderr, Stdin: strings.NewReader(""), Getenv: func(k string) string { return env[k] }}
 	ctx, cancel := context.WithCancel(context.Background())

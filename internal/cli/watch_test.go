@@ -24,8 +24,8 @@ const watchFile = "name: w\nselector: {all: true}\ntarget: {kms_urls: [\"https:/
 var watchFleet = sim.FleetOptions{CVMs: 8, Seed: 4, OldVMMShare: 1e-9, UnknownVMMShr: 1e-9}
 
 // watchEnv is an Env on buffers with the bubble's clock.
-func watchEnv(width int) (*Env, *lockedBuffer, *lockedBuffer) {
-	var out, errb lockedBuffer
+func watchEnv(width int) (*Env, *testutil.Buffer, *testutil.Buffer) {
+	var out, errb testutil.Buffer
 	e := &Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
 	if width > 0 {
 		e.Width = func() int { return width }

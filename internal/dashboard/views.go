@@ -114,9 +114,8 @@ type rateView struct {
 	LimitPerSec   float64  `json:"limit_per_second"`      // the file's rate (0: the workers' default)
 	Adaptive      bool     `json:"adaptive"`
 	AdaptiveRate  *float64 `json:"adaptive_rate,omitempty"` // requests/s the adaptive limiter allows now; nil: none set yet
-	// AdaptiveReason is why the adaptive rate last changed. Empty until
-	// the limiter records one (a later change of issue 9 adds it to
-	// store.View); the page shows it when set.
+	// AdaptiveReason is why the adaptive rate last changed (store.View's
+	// PaceReason); the page shows it when set.
 	AdaptiveReason string `json:"adaptive_reason,omitempty"`
 	InFlight       int    `json:"in_flight"`
 	MaxInFlight    int    `json:"max_in_flight"` // 0: the workers' default
@@ -189,7 +188,7 @@ func (h *Handler) rollout(ctx context.Context, id string) (rolloutView, error) {
 	}
 	if sv.HasPace {
 		p := sv.PaceRate
-		v.Rate.AdaptiveRate = &p
+		v.Rate.AdaptiveRate, v.Rate.AdaptiveReason = &p, sv.PaceReason
 	}
 	left := r.Counts[store.Pending] + r.Counts[store.Running]
 	v.Rate.CVMsPerSecond = h.speed.observe(r.ID, now, v.Done, r.State == store.RolloutRunning)

@@ -253,3 +253,42 @@ func TestCancelAfterADiedPatch(t *testing.T) {
 		t.Fatalf("record %+v", rec)
 	}
 }
+
+// TestMarkPatchingKeepsTheFirstBeforeImage: the before-image is the one
+// the first PATCH saw (a retry after a PATCH that landed reads the new
+// URLs), and a PATCH held back and unmarked is marked anew by the next try.
+func TestMarkPatchingKeepsTheFirstBeforeImage(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	if _, err := st.Move(ctx, id, "cvm_a", store.Running, store.ModeBegin, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{true, false, true} {
+		if i == 2 {
+			if err := st.UnmarkPatching(ctx, id, "cvm_a"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rs, newly, err := st.MarkPatching(ctx, id, "cvm_a", []string{fmt.Sprintf("https://kms%d", i)}, []string{fmt.Sprintf("https://gw%d", i)})
+		if err != nil || rs != store.RolloutRunning || newly != want {
+			t.Fatalf("mark %d: %v %v %v, want newly sent %v", i, rs, newly, err, want)
+		}
+	}
+	rec, _ := st.Record(ctx, id, "cvm_a")
+	if !rec.PatchSent || len(rec.PrevKMS) != 1 || rec.PrevKMS[0] != "https://kms0" || len(rec.PrevGW) != 1 || rec.PrevGW[0] != "https://gw0" {
+		t.Fatalf("record %+v, want the first before-image and patch_sent", rec)
+	}
+	// Paused: no mark, whatever the record holds.
+	if _, err := st.Pause(ctx, id, "op", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.UnmarkPatching(ctx, id, "cvm_a"); err != nil {
+		t.Fatal(err)
+	}
+	if rs, newly, err := st.MarkPatching(ctx, id, "cvm_a", nil, nil); err != nil || rs != store.RolloutPaused || newly {
+		t.Fatalf("mark while paused: %v %v %v", rs, newly, err)
+	}
+	if rec, _ := st.Record(ctx, id, "cvm_a"); rec.PatchSent {
+		t.Fatalf("paused, but marked: %+v", rec)
+	}
+}

@@ -93,8 +93,13 @@ end
 // Returns {rollout state before, CVM state before, CVM state after, tripped
 // action, attempts after, the CVM's own target or ”}.
 var transitionScript = redis.NewScript(familyLua + `
-local old = redis.call('HGET', KEYS[2], 'state')
-local rstate = redis.call('HGET', KEYS[1], 'state') or ''
+-- One read of each hash and one write of the CVM's: a CVM makes a begin and
+-- a finish, so every call here is paid twice per CVM on the Redis every
+-- worker shares (issue 12).
+local c = redis.call('HMGET', KEYS[2], 'state', 'stage', 'attempts', 'target', 'patch_sent')
+local r = redis.call('HMGET', KEYS[1], 'state', 'budget_max_failed')
+local old = c[1]
+local rstate = r[1] or ''
 if not old then return {rstate, '', '', ''} end
 local new, mode = ARGV[1], ARGV[2]
 local function terminal(s) return s ~= 'pending' and s ~= 'running' end
@@ -117,30 +122,31 @@ elseif mode == 'requeue' or mode == 'snooze' then
 else
   if terminal(old) then return {rstate, old, old, ''} end
 end
-local stage = redis.call('HGET', KEYS[2], 'stage') or '0'
+local stage = c[2] or '0'
 if old ~= new then
   redis.call('HINCRBY', KEYS[1], 'n:' .. old, -1)
   redis.call('HINCRBY', KEYS[1], 'n:' .. new, 1)
   redis.call('HINCRBY', KEYS[1], 's:' .. stage .. ':' .. old, -1)
   redis.call('HINCRBY', KEYS[1], 's:' .. stage .. ':' .. new, 1)
 end
-redis.call('HSET', KEYS[2], 'state', new)
+local set = {'state', new}
 if not (mode == 'begin' and new ~= 'running') then -- only a CVM that starts gets worker and started_at
-  for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  for i = 4, #ARGV do set[#set + 1] = ARGV[i] end
 end
-if mode == 'requeue' or (mode == 'finish' and old == 'running') or (mode == 'begin' and old == 'running') then
-  -- begin from running: the previous try died mid-way (a killed worker);
-  -- it may have sent its PATCH, so it counts.
-  redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-end
-local attempts = redis.call('HGET', KEYS[2], 'attempts') or '0'
 if new == 'cancelled' and mode == 'begin' then
   local why = 'rollout cancelled before this CVM started'
   if old == 'running' then
     why = 'rollout cancelled after a try of this CVM died'
-    if redis.call('HGET', KEYS[2], 'patch_sent') == '1' then why = why .. ' (its PATCH was sent and may have landed)' end
+    if c[5] == '1' then why = why .. ' (its PATCH was sent and may have landed)' end
   end
-  redis.call('HSET', KEYS[2], 'reason', why, 'finished_at', ARGV[3])
+  set[#set + 1], set[#set + 2], set[#set + 3], set[#set + 4] = 'reason', why, 'finished_at', ARGV[3]
+end
+redis.call('HSET', KEYS[2], unpack(set))
+local attempts = c[3] or '0'
+if mode == 'requeue' or (mode == 'finish' and old == 'running') or (mode == 'begin' and old == 'running') then
+  -- begin from running: the previous try died mid-way (a killed worker);
+  -- it may have sent its PATCH, so it counts.
+  attempts = tostring(redis.call('HINCRBY', KEYS[2], 'attempts', 1))
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
 if new == 'failed' then
@@ -150,24 +156,21 @@ if new == 'failed' then
   redis.call('LTRIM', KEYS[3], -20, -1)
 end
 local tripped = ''
-if (new == 'failed' or new == 'succeeded') and rstate == 'running' then
-  local maxf = redis.call('HGET', KEYS[1], 'budget_max_failed')
-  if maxf then
-    local f = tonumber(redis.call('HGET', KEYS[1], 'n:failed') or '0')
-    local s = tonumber(redis.call('HGET', KEYS[1], 'n:succeeded') or '0')
-    local minx = tonumber(redis.call('HGET', KEYS[1], 'budget_min_executed') or '0')
-    if f > tonumber(maxf) and f + s >= minx then
-      local action = redis.call('HGET', KEYS[1], 'budget_action') or 'paused'
-      local why = 'failure budget exceeded: ' .. f .. ' failed of ' .. (f + s) .. ' executed (max_failed ' .. maxf .. ')'
-      redis.call('HSET', KEYS[1], 'state', action, 'reason', why)
-      event(KEYS[4], string.sub(ARGV[3], 1, 19) .. 'Z', 'failure-budget', why .. ', rollout ' .. action)
-      notify(KEYS[1], ARGV[3], 'budget_tripped', 'failure_budget', why)
-      notify(KEYS[1], ARGV[3], action, 'failure_budget', why)
-      tripped = action
-    end
+local maxf = r[2]
+if (new == 'failed' or new == 'succeeded') and rstate == 'running' and maxf then
+  local b = redis.call('HMGET', KEYS[1], 'n:failed', 'n:succeeded', 'budget_min_executed', 'budget_action')
+  local f, s, minx = tonumber(b[1] or '0'), tonumber(b[2] or '0'), tonumber(b[3] or '0')
+  if f > tonumber(maxf) and f + s >= minx then
+    local action = b[4] or 'paused'
+    local why = 'failure budget exceeded: ' .. f .. ' failed of ' .. (f + s) .. ' executed (max_failed ' .. maxf .. ')'
+    redis.call('HSET', KEYS[1], 'state', action, 'reason', why)
+    event(KEYS[4], string.sub(ARGV[3], 1, 19) .. 'Z', 'failure-budget', why .. ', rollout ' .. action)
+    notify(KEYS[1], ARGV[3], 'budget_tripped', 'failure_budget', why)
+    notify(KEYS[1], ARGV[3], action, 'failure_budget', why)
+    tripped = action
   end
 end
-return {rstate, old, new, tripped, attempts, redis.call('HGET', KEYS[2], 'target') or ''}
+return {rstate, old, new, tripped, attempts, c[4] or ''}
 `)
 
 // moveScript is every rollout state move (rollout.go builds its spec): it
@@ -394,9 +397,16 @@ return 1
 var prepatchScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'state') or ''
 if st ~= 'running' then return {st, 0} end
-redis.call('HSETNX', KEYS[2], 'prev_kms', ARGV[1])
-redis.call('HSETNX', KEYS[2], 'prev_gw', ARGV[2])
-return {st, redis.call('HSETNX', KEYS[2], 'patch_sent', '1')}
+-- HSETNX each, in one read and one write: a field present (even empty,
+-- as retry --failed leaves patch_sent) is kept.
+local v = redis.call('HMGET', KEYS[2], 'prev_kms', 'prev_gw', 'patch_sent')
+local set = {}
+if not v[1] then set[#set + 1], set[#set + 2] = 'prev_kms', ARGV[1] end
+if not v[2] then set[#set + 1], set[#set + 2] = 'prev_gw', ARGV[2] end
+local sent = 0
+if not v[3] then set[#set + 1], set[#set + 2], sent = 'patch_sent', '1', 1 end
+if #set > 0 then redis.call('HSET', KEYS[2], unpack(set)) end
+return {st, sent}
 `)
 
 // busyScript is familyBusy on its own, for a check before a long step

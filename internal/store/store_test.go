@@ -242,3 +242,25 @@ func TestStalledWriterWritesNothingMore(t *testing.T) {
 		t.Fatal("a creation lease is left behind")
 	}
 }
+
+// TestViewCarriesThePace: the dashboard's one-pipeline View reads the
+// adaptive rate and why it last changed, the same fields PaceState reads.
+func TestViewCarriesThePace(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	if v, err := st.View(ctx, id, 5); err != nil || v.HasPace || v.PaceReason != "" {
+		t.Fatalf("no pace yet: %+v %v", v, err)
+	}
+	lim := store.NewLimits(st.Redis())
+	if err := st.Redis().HSet(ctx, store.PaceKey(id), "rate", "12.5", "reason", "cut: 429 Too Many Requests", "changed_at", time.Now().UnixMilli()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, why, _, err := lim.PaceState(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := st.View(ctx, id, 5)
+	if err != nil || !v.HasPace || v.PaceRate != 12.5 || v.PaceReason != why || why == "" {
+		t.Fatalf("view %+v (PaceState says %q), %v", v, why, err)
+	}
+}

@@ -24,7 +24,9 @@ type View struct {
 	// false when none was (no 429 or 503 seen yet: the configured rate).
 	PaceRate float64
 	HasPace  bool
-	InFlight int // in-flight slots held now (the semaphore's size)
+	// PaceReason is why the adaptive rate last changed (PaceState).
+	PaceReason string
+	InFlight   int // in-flight slots held now (the semaphore's size)
 }
 
 // View reads a rollout's record with its latest events and failures, its
@@ -35,7 +37,7 @@ func (s *Store) View(ctx context.Context, id string, events int) (*View, error) 
 	rec := pipe.HGetAll(ctx, RolloutKey(id))
 	ev := pipe.LRange(ctx, EventsKey(id), -int64(max(events, 1)), -1)
 	fl := pipe.LRange(ctx, FailuresKey(id), 0, -1)
-	pace := pipe.HGet(ctx, PaceKey(id), "rate")
+	pace := pipe.HMGet(ctx, PaceKey(id), "rate", "reason")
 	slots := pipe.ZCard(ctx, SlotHoldersKey(id))
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
@@ -48,9 +50,12 @@ func (s *Store) View(ctx context.Context, id string, events int) (*View, error) 
 	for _, l := range ev.Val() {
 		v.Events = append(v.Events, parseEvent(l))
 	}
-	if p, err := pace.Result(); err == nil {
-		v.PaceRate, _ = strconv.ParseFloat(p, 64)
-		v.HasPace = true
+	if p := pace.Val(); len(p) == 2 {
+		if r, ok := p[0].(string); ok {
+			v.PaceRate, _ = strconv.ParseFloat(r, 64)
+			v.HasPace = true
+		}
+		v.PaceReason, _ = p[1].(string)
 	}
 	return v, nil
 }

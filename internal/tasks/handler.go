@@ -43,15 +43,13 @@ type Handler struct {
 	specs sync.Map // rollout id -> *rolloutSpec; a rollout's spec never changes
 }
 
-// VMMRecheckAfter is how old a plan may be before a worker reads the CVM's
-// VMM version again before patching it. A younger plan's gate stands (the
-// API refuses an old VMM with a 400 all the same, recorded as skipped);
-// later stages and retries after a bake always re-check.
-const VMMRecheckAfter = 2 * time.Minute
-
+// The plan's VMM gate is not read again before a PATCH. The API enforces
+// VMM >= 0.5.7 itself (a PATCH to an older host answers 400 naming the VMM,
+// recorded as skipped, Decide), so a second read per CVM would only pre-empt
+// that answer, and at a rate-bound API it cost a third of the budget of
+// every CVM reached minutes after its plan (BENCHMARKS.md, issue 12).
 type rolloutSpec struct {
-	file    *plan.File
-	planned time.Time
+	file *plan.File
 }
 
 // ProcessTask implements asynq.Handler.
@@ -110,7 +108,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		target = own
 	}
 	rp := spec.Retry.WithDefaults()
-	o := h.apply(ctx, client, p, spec, target, time.Since(rs.planned) > VMMRecheckAfter, tr.Attempts >= rp.MaxAttempts)
+	o := h.apply(ctx, client, p, spec, target, tr.Attempts >= rp.MaxAttempts)
 	return h.record(ctx, p, Decide(o, attempt, rp))
 }
 
@@ -120,22 +118,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 // outOfAttempts: earlier tries used every attempt (the last one died
 // mid-way, maybe after its PATCH); this try may still record what it finds,
 // but sends no PATCH.
-func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, recheckVMM, outOfAttempts bool) Outcome {
+func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, outOfAttempts bool) Outcome {
 	rp := spec.Retry.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
 	client = timed{client, rp.AttemptTimeout}
-	// The fleet changes between plan and apply: gate on the VMM again
-	// unless the plan is fresh.
-	if recheckVMM {
-		cvm, err := client.GetCVM(ctx, p.CVM)
-		if err != nil {
-			return Outcome{Err: err}
-		}
-		if ok, reason := api.VMMGate(cvm.VMMVersion()); !ok {
-			return Outcome{State: store.Skipped, Reason: reason}
-		}
-	}
 	cur, err := client.GetNetworkConfig(ctx, p.CVM)
 	if err != nil {
 		return Outcome{Err: err}
@@ -285,7 +272,7 @@ func (h *Handler) spec(ctx context.Context, id string) (*rolloutSpec, error) {
 	if f, ok := h.specs.Load(id); ok {
 		return f.(*rolloutSpec), nil
 	}
-	raw, created, err := h.Store.Spec(ctx, id)
+	raw, _, err := h.Store.Spec(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +280,7 @@ func (h *Handler) spec(ctx context.Context, id string) (*rolloutSpec, error) {
 	if err := json.Unmarshal([]byte(raw), &f); err != nil {
 		return nil, fmt.Errorf("rollout %s: stored spec: %w", id, err)
 	}
-	rs := &rolloutSpec{file: &f, planned: created}
+	rs := &rolloutSpec{file: &f}
 	h.specs.Store(id, rs)
 	return rs, nil
 }

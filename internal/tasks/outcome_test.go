@@ -105,7 +105,6 @@ func TestDecide(t *testing.T) {
 	}{
 		{"PATCH 200 and the read-back shows the target", found(store.Succeeded), 1, store.ModeFinish, store.Succeeded, 0},
 		{"current config already at the target", found(store.Unchanged), 1, store.ModeFinish, store.Unchanged, 0},
-		{"GET /cvms/{id} shows a VMM below 0.5.7", found(store.Skipped), 1, store.ModeFinish, store.Skipped, 0},
 		{"400 whose message names the VMM", Outcome{Err: apiErr(400, "VMM 0.5.6 is below 0.5.7", 0)}, 1, store.ModeFinish, store.Skipped, 0},
 		{"400 (other)", Outcome{Err: apiErr(400, "invalid", 0)}, 1, store.ModeFinish, store.Failed, 0},
 		{"403", Outcome{Err: apiErr(403, "not enabled", 0)}, 1, store.ModeFinish, store.Failed, 0},
