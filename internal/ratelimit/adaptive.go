@@ -37,24 +37,31 @@ import (
 //     measure the capacity), never up, and at most halved (MaxCut) in one
 //     window, from what was sent in it: 80→20 req/s takes two windows,
 //     and a rate a little above the limit comes down a little, not by a
-//     fixed factor. Windows still full of requests sent at the old rate
-//     (a queue of workers waiting for tokens) then change it no more,
-//     since it is already below what the API accepts.
+//     fixed factor. The window right after a cut, still full of requests
+//     sent at the old rate (a queue of workers waiting for tokens),
+//     changes it no more when the API accepted at least the new rate:
+//     each cut restarts the shared bucket, and a chain of small cuts
+//     would send a burst into an API already refusing.
 //   - On a surge of 5xx/timeouts the API says nothing of its capacity:
 //     the rate is cut by the surge (the share above the baseline), at
 //     most halved, at least by 10% (MinCut).
 //   - On any cut, the rate it came down from (what was sent), times
 //     Threshold (0.9), is remembered (TCP's ssthresh); after a 429 or busy
-//     503, no more than what the API accepted.
+//     503, what the API accepted: the limit found.
 //   - With no known rate (a planner told no rate.per_second) the ceiling
 //     is infinite: nothing is paced until the first overload, which cuts
 //     to what the API accepted.
 //   - A window with answers and no overload raises the rate: by FastStep
-//     (10%) while below ssthresh (slow start back to where it hurt), then
-//     by SlowStep (1%), doubled every ProbeEvery (5) clean windows in a row
-//     up to FastStep: near the limit it creeps up; when the limit has
-//     risen (20→80), it is back within 10% of it in about 20 windows. It
-//     never goes above the file's rate (the ceiling) nor below Floor.
+//     (10%) while below ssthresh, no higher than it (slow start back to
+//     where it hurt); then by SlowStep (1%) a window while within
+//     ProbeBand (20%) above ssthresh, however long it has been clean: the
+//     limit is in there (what the workers send lags the rate), and each probe
+//     that finds it costs a few windows of refusals, so it is found gently
+//     and rarely (about every 20 s at an unknown 40 req/s); beyond the
+//     band (the limit has risen) by SlowStep doubled every ProbeEvery (5)
+//     clean windows in a row, up to FastStep: 20→80 is back within 10% in
+//     about 30 windows.
+//     It never goes above the file's rate (the ceiling) nor below Floor.
 //   - A window with no answers changes nothing.
 //
 // The rate, the reason of its last change and when are what `status` and
@@ -69,8 +76,9 @@ const (
 	Backoff        = 0.95
 	FastStep       = 0.10
 	SlowStep       = 0.01
-	ProbeEvery     = 5
 	Threshold      = 0.9
+	ProbeBand      = 0.20
+	ProbeEvery     = 5
 )
 
 // Class is how the API answered one request, for adaptive mode.
@@ -166,7 +174,13 @@ func Next(s store.PaceRecord, c store.PaceCounts, started, now time.Time, ceilin
 		// answers counted late) cuts by twice their share, no more.
 		share := float64(c.Throttled+c.Busy) / float64(all)
 		cut = math.Max(from*MaxCut, math.Min(s.Rate, Backoff*math.Max(accepted, from*(1-2*share))))
-		ssthresh = math.Min(ssthresh, accepted)
+		if s.Clean == 0 && strings.HasPrefix(s.Reason, "cut: ") && accepted >= s.Rate {
+			// The window after a cut, with the API accepting more than
+			// the rate already is: its 429s are the old rate's, and each
+			// cut restarts the bucket (a burst): held.
+			cut = s.Rate
+		}
+		ssthresh = accepted
 		why = fmt.Sprintf("429 Too Many Requests: %d of %d answers", c.Throttled, all)
 		if c.Throttled == 0 {
 			why = fmt.Sprintf("503 with Retry-After: %d of %d answers", c.Busy, all)
@@ -193,10 +207,17 @@ func Next(s store.PaceRecord, c store.PaceCounts, started, now time.Time, ceilin
 		return s
 	}
 	step := FastStep
-	if s.Rate >= s.Ssthresh {
+	switch {
+	case s.Rate >= s.Ssthresh*(1+ProbeBand):
 		step = math.Min(FastStep, SlowStep*math.Pow(2, float64(s.Clean/ProbeEvery)))
+	case s.Rate >= s.Ssthresh:
+		step = SlowStep
 	}
-	s.Rate = math.Min(ceiling, s.Rate+math.Max(0.1, s.Rate*step))
+	next := s.Rate + math.Max(0.1, s.Rate*step)
+	if s.Rate < s.Ssthresh {
+		next = math.Min(next, s.Ssthresh)
+	}
+	s.Rate = math.Min(ceiling, next)
 	// The last cut stays in the reason until the rate is back at the
 	// file's: what slowed the rollout is what an operator asks.
 	last := ""

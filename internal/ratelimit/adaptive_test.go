@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -137,17 +138,20 @@ func TestAdaptiveIgnoresRandomErrors(t *testing.T) {
 
 // TestAdaptiveSettlesAtUnknownLimit: an API limit of 40 req/s the file
 // does not know (it allows 400): the accepted rate settles within 10% of
-// 40, with at most 5% answered 429.
+// 40, with at most 3% answered 429 (the issue asks 5%; the rule before
+// the slow probe and the held window after a cut refused 3.5-4.2% here).
 func TestAdaptiveSettlesAtUnknownLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(0, 40)
 		stop, state := fleet(t, f, 400)
 		defer stop()
 		time.Sleep(20 * time.Second) // settling
-		_, accepted, refused := perSecond(f, 60*time.Second)
+		// Over 4 minutes: a probe finds the limit every 20 s or so, and
+		// 60 s hold too few of them for a share to be measured.
+		_, accepted, refused := perSecond(f, 240*time.Second)
 		r, why := state()
-		if accepted < 36 || accepted > 44 || refused > 0.05 {
-			t.Fatalf("accepted %.1f req/s, %.1f%% answered 429; want 40 ±10%%, <= 5%% (rate %.1f: %s)", accepted, 100*refused, r, why)
+		if accepted < 36 || accepted > 44 || refused > 0.03 {
+			t.Fatalf("accepted %.1f req/s, %.1f%% answered 429; want 40 ±10%%, <= 3%% (rate %.1f: %s)", accepted, 100*refused, r, why)
 		}
 		t.Logf("accepted %.1f req/s, %.1f%% answered 429 (rate %.1f: %s)", accepted, 100*refused, r, why)
 		if !strings.Contains(why, "429") {
@@ -255,5 +259,41 @@ func TestNext(t *testing.T) {
 		if i > 30 {
 			t.Fatalf("not back at 100 after 30 clean windows: %v", s.Rate)
 		}
+	}
+}
+
+// TestNextProbe pins how the rate climbs back after a 429 cut and what
+// the window right after a cut does: slow start stops at ssthresh; within
+// ProbeBand above it the rate creeps by SlowStep however long it has been
+// clean (the limit is there); beyond it the step doubles again. The old
+// rule doubled by clean windows alone, ran through the limit at 4-10% a
+// window, and each probe cost seconds of 429s.
+func TestNextProbe(t *testing.T) {
+	now := time.Unix(1000, 0)
+	clean := store.PaceCounts{OK: 40}
+	for _, c := range []struct {
+		name string
+		s    store.PaceRecord
+		rate float64
+	}{
+		{"slow start below the threshold", store.PaceRecord{Rate: 30, Ssthresh: 40}, 33},
+		{"slow start stops at the threshold", store.PaceRecord{Rate: 38, Ssthresh: 40}, 40},
+		{"near the found limit: 1% however long clean", store.PaceRecord{Rate: 42, Ssthresh: 40, Clean: 12}, 42.42},
+		{"beyond the band: the step doubles again", store.PaceRecord{Rate: 50, Ssthresh: 40, Clean: 12}, 52},
+	} {
+		got := ratelimit.Next(c.s, clean, now.Add(-time.Second), now, 400, 1)
+		if math.Abs(got.Rate-c.rate) > 1e-9 {
+			t.Errorf("%s: %v -> %v, want %v", c.name, c.s.Rate, got.Rate, c.rate)
+		}
+	}
+	// The window after a cut: 429s of the old rate while the API accepted
+	// more than the new one change nothing (no second cut, no bucket
+	// restart); accepting less than it (the limit fell further) cuts.
+	after := store.PaceRecord{Rate: 39, Ssthresh: 37.8, Reason: "cut: 429 Too Many Requests: 3 of 45 answers"}
+	if got := ratelimit.Next(after, store.PaceCounts{OK: 40, Throttled: 8}, now.Add(-time.Second), now, 400, 1); got.Rate != 39 {
+		t.Errorf("after a cut, the API accepting 40: %v -> %v, want held", after.Rate, got.Rate)
+	}
+	if got := ratelimit.Next(after, store.PaceCounts{OK: 20, Throttled: 20}, now.Add(-time.Second), now, 400, 1); got.Rate != 19.5 {
+		t.Errorf("after a cut, the API accepting 20: %v -> %v, want 19.5 (halved)", after.Rate, got.Rate)
 	}
 }
