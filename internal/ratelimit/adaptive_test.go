@@ -168,7 +168,7 @@ func TestAdaptiveFollowsTheLimit(t *testing.T) {
 		f := newFake(0, 80)
 		stop, state := fleet(t, f, 200)
 		defer stop()
-		time.Sleep(30 * time.Second) // settling
+		time.Sleep(60 * time.Second) // settling: the first climb to an unknown limit creeps near its first threshold
 		if _, accepted, _ := perSecond(f, 10*time.Second); accepted < 72 {
 			t.Fatalf("at an 80 req/s limit: accepted %.1f req/s", accepted)
 		}
