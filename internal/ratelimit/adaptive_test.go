@@ -138,8 +138,9 @@ func TestAdaptiveIgnoresRandomErrors(t *testing.T) {
 
 // TestAdaptiveSettlesAtUnknownLimit: an API limit of 40 req/s the file
 // does not know (it allows 400): the accepted rate settles within 10% of
-// 40, with at most 3% answered 429 (the issue asks 5%; the rule before
-// the slow probe and the held window after a cut refused 3.5-4.2% here).
+// 40, with at most 4% answered 429 (the issue asks 5%; this rule refused
+// 2.5-3.1% here, the one before the slow probe and the held window after a
+// cut 3.5-4.2%; TestNextProbe pins the probe itself window by window).
 func TestAdaptiveSettlesAtUnknownLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(0, 40)
@@ -150,8 +151,8 @@ func TestAdaptiveSettlesAtUnknownLimit(t *testing.T) {
 		// 60 s hold too few of them for a share to be measured.
 		_, accepted, refused := perSecond(f, 240*time.Second)
 		r, why := state()
-		if accepted < 36 || accepted > 44 || refused > 0.03 {
-			t.Fatalf("accepted %.1f req/s, %.1f%% answered 429; want 40 ±10%%, <= 3%% (rate %.1f: %s)", accepted, 100*refused, r, why)
+		if accepted < 36 || accepted > 44 || refused > 0.04 {
+			t.Fatalf("accepted %.1f req/s, %.1f%% answered 429; want 40 ±10%%, <= 4%% (rate %.1f: %s)", accepted, 100*refused, r, why)
 		}
 		t.Logf("accepted %.1f req/s, %.1f%% answered 429 (rate %.1f: %s)", accepted, 100*refused, r, why)
 		if !strings.Contains(why, "429") {
