@@ -16,6 +16,9 @@ type Transition struct {
 	Tripped      RolloutState // paused or cancelled when this change tripped the failure budget
 	Attempts     int          // finished attempts of the CVM after the change
 	Target       string       // the CVM's own target (JSON), if it has one
+	// Start only: this call set patch_sent (NewlySent), or the try is out
+	// of attempts and nothing was marked (OutOfAttempts).
+	NewlySent, OutOfAttempts bool
 }
 
 // Changed reports whether the CVM's state changed.
@@ -26,7 +29,9 @@ type Mode string
 
 const (
 	ModeBegin   Mode = "begin"
+	ModeStart   Mode = "start" // see Start
 	ModeFinish  Mode = "finish"
+	ModeTried   Mode = "tried" // a worker's try that never made Start
 	ModeRequeue Mode = "requeue"
 	ModeSnooze  Mode = "snooze"
 	ModeReset   Mode = "reset"
@@ -35,8 +40,22 @@ const (
 
 // Move changes one CVM's state under mode's rules and sets fields on its record.
 func (s *Store) Move(ctx context.Context, id, cvm string, to CVMState, mode Mode, now time.Time, fields ...string) (Transition, error) {
-	args := make([]any, 0, 3+len(fields))
+	return s.move(ctx, id, cvm, to, mode, now, nil, fields)
+}
+
+// Start begins a worker's try of a CVM just before its PATCH, in one step:
+// the begin move (running, only while the rollout runs; a cancelled
+// rollout's CVM turns cancelled) and, unless the CVM's attempts are used
+// up (OutOfAttempts, counting a try that died mid-way), what MarkPatching
+// records: the before-image the first time only, and patch_sent.
+func (s *Store) Start(ctx context.Context, id, cvm string, now time.Time, maxAttempts int, prevKMS, prevGW []string, fields ...string) (Transition, error) {
+	return s.move(ctx, id, cvm, Running, ModeStart, now, []any{maxAttempts, jsonList(prevKMS), jsonList(prevGW)}, fields)
+}
+
+func (s *Store) move(ctx context.Context, id, cvm string, to CVMState, mode Mode, now time.Time, extra []any, fields []string) (Transition, error) {
+	args := make([]any, 0, 3+len(extra)+len(fields))
 	args = append(args, string(to), string(mode), now.UTC().Format(time.RFC3339Nano))
+	args = append(args, extra...)
 	for _, f := range fields {
 		args = append(args, f)
 	}
@@ -49,7 +68,31 @@ func (s *Store) Move(ctx context.Context, id, cvm string, to CVMState, mode Mode
 		t.Attempts, _ = strconv.Atoi(res[4])
 		t.Target = res[5]
 	}
+	if len(res) > 7 {
+		t.NewlySent, t.OutOfAttempts = res[6] == "1", res[7] == "1"
+	}
 	return t, nil
+}
+
+// TryInfo is what a worker's try reads of a CVM when it did not make
+// Start: its own target (JSON, "" for the rollout's) and its attempts.
+func (s *Store) TryInfo(ctx context.Context, id, cvm string) (target string, attempts int, err error) {
+	v, err := s.rdb.HMGet(ctx, CVMKey(id, cvm), "target", "attempts").Result()
+	if err != nil {
+		return "", 0, err
+	}
+	target, _ = v[0].(string)
+	a, _ := v[1].(string)
+	return target, atoi(a), nil
+}
+
+// State is a rollout's state alone ("" when there is no such rollout).
+func (s *Store) State(ctx context.Context, id string) (RolloutState, error) {
+	v, err := s.rdb.HGet(ctx, RolloutKey(id), "state").Result()
+	if err == redis.Nil {
+		return "", nil
+	}
+	return RolloutState(v), err
 }
 
 // Records calls fn for every CVM record of a rollout in plan order,

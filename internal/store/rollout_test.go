@@ -292,3 +292,86 @@ func TestMarkPatchingKeepsTheFirstBeforeImage(t *testing.T) {
 		t.Fatalf("paused, but marked: %+v", rec)
 	}
 }
+
+// TestStartIsBeginAndMark: Start makes the begin move and the pre-PATCH
+// mark in one step, under both their rules: the first before-image only,
+// patch_sent once, nothing but the state rules while the rollout is not
+// running, a cancelled rollout's CVM cancelled, and no mark once the
+// attempts are used up (a try that died counting).
+func TestStartIsBeginAndMark(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	tr, err := st.Start(ctx, id, "cvm_a", time.Now(), 3, []string{"https://kms0"}, []string{"https://gw0"}, "worker", "w1")
+	if err != nil || tr.From != store.Pending || tr.To != store.Running || !tr.NewlySent || tr.OutOfAttempts || tr.Attempts != 0 {
+		t.Fatalf("first start: %+v %v", tr, err)
+	}
+	r, _ := st.Get(ctx, id)
+	if r.Counts[store.Running] != 1 || r.Stages[0].Counts[store.Running] != 1 {
+		t.Fatalf("counts after start: %v", r.Counts)
+	}
+	// The try dies after its PATCH; the next one reads the new URLs.
+	tr, err = st.Start(ctx, id, "cvm_a", time.Now(), 3, []string{"https://kms1"}, nil, "worker", "w2")
+	if err != nil || tr.From != store.Running || tr.NewlySent || tr.Attempts != 1 {
+		t.Fatalf("start after a died try: %+v %v", tr, err)
+	}
+	rec, _ := st.Record(ctx, id, "cvm_a")
+	if !rec.PatchSent || len(rec.PrevKMS) != 1 || rec.PrevKMS[0] != "https://kms0" || len(rec.PrevGW) != 1 || rec.Worker != "w2" {
+		t.Fatalf("record %+v, want the first before-image, patch_sent and the latest worker", rec)
+	}
+	// Attempts used up (two died tries, then this one): running, no mark.
+	if err := st.UnmarkPatching(ctx, id, "cvm_a"); err != nil {
+		t.Fatal(err)
+	}
+	tr, err = st.Start(ctx, id, "cvm_a", time.Now(), 2, nil, nil)
+	if err != nil || tr.To != store.Running || !tr.OutOfAttempts || tr.NewlySent || tr.Attempts != 2 {
+		t.Fatalf("start out of attempts: %+v %v", tr, err)
+	}
+	if rec, _ := st.Record(ctx, id, "cvm_a"); rec.PatchSent {
+		t.Fatalf("out of attempts, but marked: %+v", rec)
+	}
+	// Paused: a pending CVM stays pending, unmarked, with no worker.
+	if _, err := st.Pause(ctx, id, "op", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tr, err = st.Start(ctx, id, "cvm_b", time.Now(), 3, []string{"https://kms0"}, nil, "worker", "w1")
+	if err != nil || tr.RolloutState != store.RolloutPaused || tr.To != store.Pending || tr.NewlySent {
+		t.Fatalf("start while paused: %+v %v", tr, err)
+	}
+	if rec, _ := st.Record(ctx, id, "cvm_b"); rec.PatchSent || rec.PrevKMS != nil || rec.Worker != "" {
+		t.Fatalf("paused, but recorded: %+v", rec)
+	}
+	// Cancelled: the CVM is cancelled, saying it never started.
+	if _, _, err := st.Cancel(ctx, id, "op", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tr, err = st.Start(ctx, id, "cvm_b", time.Now(), 3, nil, nil)
+	if err != nil || tr.To != store.Cancelled {
+		t.Fatalf("start after cancel: %+v %v", tr, err)
+	}
+}
+
+// TestTriedCountsTheTry: a worker's try that ends before Start (its GET
+// failed, or showed the target) still uses an attempt, whether it goes
+// back to pending for a retry or ends the CVM; a finished CVM is kept.
+func TestTriedCountsTheTry(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	tr, err := st.Move(ctx, id, "cvm_a", store.Pending, store.ModeTried, time.Now(), "reason", "HTTP 503")
+	if err != nil || tr.From != store.Pending || tr.To != store.Pending || tr.Attempts != 1 {
+		t.Fatalf("tried, back to pending: %+v %v", tr, err)
+	}
+	tr, err = st.Move(ctx, id, "cvm_a", store.Unchanged, store.ModeTried, time.Now(), "reason", "already at target")
+	if err != nil || tr.To != store.Unchanged || tr.Attempts != 2 {
+		t.Fatalf("tried, at target: %+v %v", tr, err)
+	}
+	r, _ := st.Get(ctx, id)
+	if r.Counts[store.Pending] != 1 || r.Counts[store.Unchanged] != 1 {
+		t.Fatalf("counts: %v", r.Counts)
+	}
+	if tr, err := st.Move(ctx, id, "cvm_a", store.Pending, store.ModeTried, time.Now()); err != nil || tr.Changed() || tr.To != store.Unchanged {
+		t.Fatalf("tried on a finished CVM: %+v %v", tr, err)
+	}
+	if rec, _ := st.Record(ctx, id, "cvm_a"); rec.Reason != "already at target" || rec.Attempts != 2 {
+		t.Fatalf("record %+v", rec)
+	}
+}

@@ -72,12 +72,21 @@ end
 //
 // KEYS[1] rollout hash, KEYS[2] CVM hash, KEYS[3] recent failures list,
 // KEYS[4] audit trail (a tripped budget is written there).
-// ARGV[1] new state, ARGV[2] mode, ARGV[3] now (RFC 3339), ARGV[4..] field/value pairs.
+// ARGV[1] new state, ARGV[2] mode, ARGV[3] now (RFC 3339), ARGV[4..] field/value pairs
+// (for start: ARGV[4] max attempts, ARGV[5] prev_kms, ARGV[6] prev_gw, the pairs from ARGV[7]).
 // Modes:
 //
 //	begin    pending|running -> running, only while the rollout is running
 //	         (a cancelled rollout turns the CVM cancelled instead)
+//	start    begin, and in the same step what prepatchScript does: unless
+//	         the try is out of attempts, the before-image the first time
+//	         only and patch_sent. A worker's try makes it just before its
+//	         PATCH, after its GET (see tasks.Handler): one script call
+//	         where begin and the pre-PATCH mark were two.
 //	finish   pending|running -> a terminal state
+//	tried    pending|running -> pending or a terminal state, an attempt
+//	         used: the end of a worker's try that never made start (its
+//	         GET failed, or showed the target already)
 //	requeue  running -> pending: the attempt failed, a retry will come
 //	snooze   running -> pending: not an attempt (throttled, paused)
 //	reset    failed -> pending (retry --failed)
@@ -91,19 +100,23 @@ end
 // budget_min_executed CVMs were executed pauses (or cancels) the rollout.
 //
 // Returns {rollout state before, CVM state before, CVM state after, tripped
-// action, attempts after, the CVM's own target or ”}.
+// action, attempts after, the CVM's own target or ”, 1 if this call set
+// patch_sent, 1 if start found the try out of attempts}.
 var transitionScript = redis.NewScript(familyLua + `
 -- One read of each hash and one write of the CVM's: a CVM makes a begin and
 -- a finish, so every call here is paid twice per CVM on the Redis every
 -- worker shares (issue 12).
-local c = redis.call('HMGET', KEYS[2], 'state', 'stage', 'attempts', 'target', 'patch_sent')
+local c = redis.call('HMGET', KEYS[2], 'state', 'stage', 'attempts', 'target', 'patch_sent', 'prev_kms', 'prev_gw')
 local r = redis.call('HMGET', KEYS[1], 'state', 'budget_max_failed')
 local old = c[1]
 local rstate = r[1] or ''
 if not old then return {rstate, '', '', ''} end
 local new, mode = ARGV[1], ARGV[2]
+local starts = mode == 'begin' or mode == 'start'
+local first = 4 -- the field/value pairs
+if mode == 'start' then first = 7 end
 local function terminal(s) return s ~= 'pending' and s ~= 'running' end
-if mode == 'begin' then
+if starts then
   if terminal(old) then return {rstate, old, old, ''} end
   if rstate == 'cancelled' then
     new = 'cancelled'
@@ -130,10 +143,26 @@ if old ~= new then
   redis.call('HINCRBY', KEYS[1], 's:' .. stage .. ':' .. new, 1)
 end
 local set = {'state', new}
-if not (mode == 'begin' and new ~= 'running') then -- only a CVM that starts gets worker and started_at
-  for i = 4, #ARGV do set[#set + 1] = ARGV[i] end
+if not (starts and new ~= 'running') then -- only a CVM that starts gets worker and started_at
+  for i = first, #ARGV do set[#set + 1] = ARGV[i] end
 end
-if new == 'cancelled' and mode == 'begin' then
+local sent, out = '0', '0'
+if mode == 'start' and new == 'running' then
+  -- The pre-PATCH mark (prepatchScript's rule): each field only if absent
+  -- (a field present, even empty as retry --failed leaves patch_sent, is
+  -- kept), and nothing once the attempts are used up (counting a try that
+  -- died, below).
+  local att = tonumber(c[3] or '0')
+  if old == 'running' then att = att + 1 end
+  if att >= tonumber(ARGV[4]) then
+    out = '1'
+  else
+    if not c[6] then set[#set + 1], set[#set + 2] = 'prev_kms', ARGV[5] end
+    if not c[7] then set[#set + 1], set[#set + 2] = 'prev_gw', ARGV[6] end
+    if not c[5] then set[#set + 1], set[#set + 2], sent = 'patch_sent', '1', '1' end
+  end
+end
+if new == 'cancelled' and starts then
   local why = 'rollout cancelled before this CVM started'
   if old == 'running' then
     why = 'rollout cancelled after a try of this CVM died'
@@ -143,9 +172,9 @@ if new == 'cancelled' and mode == 'begin' then
 end
 redis.call('HSET', KEYS[2], unpack(set))
 local attempts = c[3] or '0'
-if mode == 'requeue' or (mode == 'finish' and old == 'running') or (mode == 'begin' and old == 'running') then
-  -- begin from running: the previous try died mid-way (a killed worker);
-  -- it may have sent its PATCH, so it counts.
+if mode == 'requeue' or mode == 'tried' or (mode == 'finish' and old == 'running') or (starts and old == 'running') then
+  -- begin or start from running: the previous try died mid-way (a killed
+  -- worker); it may have sent its PATCH, so it counts.
   attempts = tostring(redis.call('HINCRBY', KEYS[2], 'attempts', 1))
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
@@ -170,7 +199,7 @@ if (new == 'failed' or new == 'succeeded') and rstate == 'running' and maxf then
     tripped = action
   end
 end
-return {rstate, old, new, tripped, attempts, c[4] or ''}
+return {rstate, old, new, tripped, attempts, c[4] or '', sent, out}
 `)
 
 // moveScript is every rollout state move (rollout.go builds its spec): it

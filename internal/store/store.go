@@ -167,14 +167,22 @@ func (s *Store) CVMIDs(ctx context.Context, id string) ([]string, error) {
 // Spec returns a rollout's stored file (JSON) and when it was recorded,
 // in one read, for a worker's cache.
 func (s *Store) Spec(ctx context.Context, id string) (spec string, created time.Time, err error) {
-	vals, err := s.rdb.HMGet(ctx, RolloutKey(id), "spec", "created_at").Result()
+	spec, created, _, err = s.TaskSpec(ctx, id)
+	return spec, created, err
+}
+
+// TaskSpec is Spec with whether the rollout's CVMs carry targets of their
+// own (a rollback's before-images), which never changes after creation.
+func (s *Store) TaskSpec(ctx context.Context, id string) (spec string, created time.Time, ownTargets bool, err error) {
+	vals, err := s.rdb.HMGet(ctx, RolloutKey(id), "spec", "created_at", "own_targets").Result()
 	if err != nil {
-		return "", time.Time{}, err
+		return "", time.Time{}, false, err
 	}
 	raw, _ := vals[0].(string)
 	at, _ := vals[1].(string)
+	own, _ := vals[2].(string)
 	if raw == "" {
-		return "", time.Time{}, notFound(id)
+		return "", time.Time{}, false, notFound(id)
 	}
-	return raw, parseTime(at), nil
+	return raw, parseTime(at), own == "1", nil
 }

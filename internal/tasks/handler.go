@@ -14,6 +14,7 @@ import (
 	"github.com/phalafleet/rollout/internal/api"
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
+	"golang.org/x/sync/singleflight"
 )
 
 // API is the part of the Phala client a worker uses.
@@ -40,7 +41,8 @@ type Handler struct {
 	// looks again (default 5s).
 	PausedRecheck time.Duration
 
-	specs sync.Map // rollout id -> *rolloutSpec; a rollout's spec never changes
+	specs  sync.Map // rollout id -> *rolloutSpec; a rollout's spec never changes
+	states states   // rollout id -> its state as last read, for a moment
 }
 
 // The plan's VMM gate is not read again before a PATCH. The API enforces
@@ -50,13 +52,31 @@ type Handler struct {
 // every CVM reached minutes after its plan (BENCHMARKS.md, issue 12).
 type rolloutSpec struct {
 	file *plan.File
+	own  bool // the CVMs carry targets of their own (a rollback)
 }
 
+// A try's Redis steps. A CVM costs two script calls on the Redis every
+// worker shares: Start, after the GET and just before the PATCH (the begin
+// move and the pre-PATCH mark in one), and the move that records the
+// result. So a CVM shows running from its PATCH on, not during its GET.
+//
+// Before the GET, a try reads only the rollout's state, cached for
+// StateTTL in each process (one read per rollout and process, whatever
+// the concurrency): a paused rollout's re-delivered task goes back to
+// sleep without spending a GET. That read is a hint. What decides is
+// Start, which reads the state in the same step that marks the PATCH
+// sent: no PATCH goes out once a pause, a cancel or a tripped budget is
+// recorded. A task whose rollout is not running as last read makes the
+// begin move instead (it turns a cancelled rollout's CVM cancelled, and
+// puts back a CVM a dead try left running), then MarkPatching if the
+// rollout runs after all.
+const StateTTL = 250 * time.Millisecond
+
 // ProcessTask implements asynq.Handler.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+func (h *Handler) ProcessTask(ctx context.Context, task *asynq.Task) error {
 	var p Payload
-	if err := json.Unmarshal(t.Payload(), &p); err != nil || p.Rollout == "" || p.CVM == "" {
-		return fmt.Errorf("bad payload %q: %w", t.Payload(), asynq.SkipRetry)
+	if err := json.Unmarshal(task.Payload(), &p); err != nil || p.Rollout == "" || p.CVM == "" {
+		return fmt.Errorf("bad payload %q: %w", task.Payload(), asynq.SkipRetry)
 	}
 	rs, err := h.spec(ctx, p.Rollout)
 	if errors.Is(err, store.ErrNotFound) {
@@ -86,40 +106,84 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		defer release()
 		client = h.Pacer.wrap(client, p.Rollout, spec)
 	}
-	tr, err := h.Store.Move(ctx, p.Rollout, p.CVM, store.Running, store.ModeBegin, time.Now(),
-		"worker", h.Worker, "started_at", now())
-	switch {
-	case err != nil:
+	t := &try{p: p, spec: spec, rp: spec.Retry.WithDefaults(), target: spec.Target}
+	st, err := h.states.get(ctx, h.Store, p.Rollout)
+	if err != nil {
 		return err
-	case tr.From == "" || tr.To.Terminal():
-		return nil // no record, already finished, or cancelled just now
-	case tr.To != store.Running || tr.RolloutState != store.RolloutRunning:
-		return h.snooze(p, h.recheck(), "rollout "+string(tr.RolloutState))
 	}
-	attempt := tr.Attempts + 1 // this try, counting the ones before it
-	target := spec.Target
-	if tr.Target != "" {
-		// A fresh value: decoding into target would write through the
-		// pointers it shares with the cached spec.
-		var own plan.Target
-		if err := json.Unmarshal([]byte(tr.Target), &own); err != nil {
-			return h.record(ctx, p, Next{Mode: store.ModeFinish, State: store.Failed, Reason: "stored target: " + err.Error(), Attempt: attempt})
+	if st != store.RolloutRunning {
+		tr, err := h.Store.Move(ctx, p.Rollout, p.CVM, store.Running, store.ModeBegin, time.Now(),
+			"worker", h.Worker, "started_at", now())
+		switch {
+		case err != nil:
+			return err
+		case tr.From == "" || tr.To.Terminal():
+			return nil // no record, already finished, or cancelled just now
+		case tr.To != store.Running || tr.RolloutState != store.RolloutRunning:
+			return h.snooze(p, h.recheck(), "rollout "+string(tr.RolloutState))
 		}
-		target = own
+		h.states.forget(p.Rollout) // it runs after all
+		t.begun, t.attempts = true, tr.Attempts
+		if err := t.ownTarget(tr.Target); err != nil {
+			return h.record(ctx, t, Next{Mode: store.ModeFinish, State: store.Failed, Reason: err.Error()})
+		}
+	} else if rs.own {
+		target, attempts, err := h.Store.TryInfo(ctx, p.Rollout, p.CVM)
+		if err != nil {
+			return err
+		}
+		t.attempts = attempts
+		if err := t.ownTarget(target); err != nil {
+			return h.record(ctx, t, Next{Mode: store.ModeFinish, State: store.Failed, Reason: err.Error()})
+		}
 	}
-	rp := spec.Retry.WithDefaults()
-	o := h.apply(ctx, client, p, spec, target, tr.Attempts >= rp.MaxAttempts)
-	return h.record(ctx, p, Decide(o, attempt, rp))
+	o := h.apply(ctx, client, t)
+	if o.drop {
+		return nil
+	}
+	if !t.begun && o.Err != nil && Classify(o.Err).Kind == Retry && !rs.own {
+		// Whether attempts remain: the one try that reads them (rare: a
+		// GET that failed before Start).
+		_, attempts, err := h.Store.TryInfo(context.WithoutCancel(ctx), p.Rollout, p.CVM)
+		if err != nil {
+			return err
+		}
+		t.attempts = attempts
+	}
+	return h.record(ctx, t, Decide(o, t.attempts+1, t.rp))
 }
 
-// apply is one try of one CVM: gate on the VMM, read, PATCH what differs,
-// verify. It reports what it found; Decide says what follows.
-//
-// outOfAttempts: earlier tries used every attempt (the last one died
-// mid-way, maybe after its PATCH); this try may still record what it finds,
-// but sends no PATCH.
-func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.File, target plan.Target, outOfAttempts bool) Outcome {
-	rp := spec.Retry.WithDefaults()
+// try is one try of one CVM.
+type try struct {
+	p      Payload
+	spec   *plan.File
+	rp     plan.Retry
+	target plan.Target
+	// begun: the CVM is running under this try (Start, or the begin move);
+	// attempts: its finished attempts before this try, as last read.
+	begun    bool
+	attempts int
+}
+
+// ownTarget takes the CVM's own target (JSON) if it has one. A fresh
+// value: decoding into t.target would write through the pointers it
+// shares with the cached spec.
+func (t *try) ownTarget(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	var own plan.Target
+	if err := json.Unmarshal([]byte(raw), &own); err != nil {
+		return fmt.Errorf("stored target: %w", err)
+	}
+	t.target = own
+	return nil
+}
+
+// apply is one try of one CVM: read, PATCH what differs, verify. It
+// reports what it found; Decide says what follows.
+func (h *Handler) apply(ctx context.Context, client API, t *try) Outcome {
+	p, rp, target := t.p, t.rp, t.target
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
 	client = timed{client, rp.AttemptTimeout}
@@ -139,16 +203,40 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 		}
 		return Outcome{State: store.Unchanged, Reason: "already at target"}
 	}
-	if outOfAttempts {
-		return Outcome{State: store.Failed, Reason: fmt.Sprintf("no attempt left: %d tries used, the last one died mid-way", rp.MaxAttempts)}
-	}
 	// A pause, cancel or tripped budget since this try began stops it
 	// here: no new PATCH goes out once the rollout is not running.
-	st, newlySent, err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs)
-	if err != nil {
-		return Outcome{Err: err}
-	} else if st != store.RolloutRunning {
-		return Outcome{Err: &Snooze{After: h.recheck(), Reason: "rollout " + string(st)}}
+	var newlySent bool
+	if t.begun {
+		// outOfAttempts: earlier tries used every attempt (the last one
+		// died mid-way, maybe after its PATCH); this try may still record
+		// what it finds, but sends no PATCH.
+		if t.attempts >= rp.MaxAttempts {
+			return outOfAttempts(rp)
+		}
+		st, sent, err := h.Store.MarkPatching(ctx, p.Rollout, p.CVM, cur.KMSURLs, cur.GatewayURLs)
+		if err != nil {
+			return Outcome{Err: err}
+		} else if st != store.RolloutRunning {
+			return Outcome{Err: &Snooze{After: h.recheck(), Reason: "rollout " + string(st)}}
+		}
+		newlySent = sent
+	} else {
+		tr, err := h.Store.Start(ctx, p.Rollout, p.CVM, time.Now(), rp.MaxAttempts, cur.KMSURLs, cur.GatewayURLs,
+			"worker", h.Worker, "started_at", now())
+		switch {
+		case err != nil:
+			return Outcome{Err: err}
+		case tr.From == "" || tr.To.Terminal():
+			return Outcome{drop: true} // no record, already finished, or cancelled just now
+		case tr.To != store.Running || tr.RolloutState != store.RolloutRunning:
+			h.states.forget(p.Rollout)
+			return Outcome{Err: &Snooze{After: h.recheck(), Reason: "rollout " + string(tr.RolloutState)}}
+		}
+		t.begun, t.attempts = true, tr.Attempts
+		if tr.OutOfAttempts {
+			return outOfAttempts(rp)
+		}
+		newlySent = tr.NewlySent
 	}
 	got, err := client.PatchNetworkConfig(ctx, p.CVM, upd)
 	var sn *Snooze
@@ -185,6 +273,10 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 		"applied_gw", store.JSONList(got.GatewayURLs), "patched", "1", "http_status", "200"}}
 }
 
+func outOfAttempts(rp plan.Retry) Outcome {
+	return Outcome{State: store.Failed, Reason: fmt.Sprintf("no attempt left: %d tries used, the last one died mid-way", rp.MaxAttempts)}
+}
+
 // record makes the move Decide chose and tells asynq what to do: nil
 // (recorded, done), a Snooze, or an error to retry after n.Wait.
 //
@@ -192,7 +284,8 @@ func (h *Handler) apply(ctx context.Context, client API, p Payload, spec *plan.F
 // task whose retry count is used up even when the error is not a failure,
 // so a throttled last try would be lost. asynq's MaxRetry is only a
 // backstop (see SafetyMaxRetry).
-func (h *Handler) record(ctx context.Context, p Payload, n Next) error {
+func (h *Handler) record(ctx context.Context, t *try, n Next) error {
+	p := t.p
 	fields := n.Fields
 	if n.HTTP != 0 {
 		fields = append(fields, "http_status", strconv.Itoa(n.HTTP))
@@ -203,9 +296,16 @@ func (h *Handler) record(ctx context.Context, p Payload, n Next) error {
 	if n.Mode == store.ModeFinish {
 		fields = append(fields, "finished_at", now())
 	}
-	tr, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, n.State, n.Mode, time.Now(), fields...)
+	mode := n.Mode
+	if !t.begun && (mode == store.ModeFinish || mode == store.ModeRequeue) {
+		mode = store.ModeTried
+	}
+	tr, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, n.State, mode, time.Now(), fields...)
 	if err != nil {
 		return err
+	}
+	if !t.begun {
+		n.Attempt = tr.Attempts // for the logs: this try, counted
 	}
 	switch n.Mode {
 	case store.ModeSnooze:
@@ -272,7 +372,7 @@ func (h *Handler) spec(ctx context.Context, id string) (*rolloutSpec, error) {
 	if f, ok := h.specs.Load(id); ok {
 		return f.(*rolloutSpec), nil
 	}
-	raw, _, err := h.Store.Spec(ctx, id)
+	raw, _, own, err := h.Store.TaskSpec(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +380,7 @@ func (h *Handler) spec(ctx context.Context, id string) (*rolloutSpec, error) {
 	if err := json.Unmarshal([]byte(raw), &f); err != nil {
 		return nil, fmt.Errorf("rollout %s: stored spec: %w", id, err)
 	}
-	rs := &rolloutSpec{file: &f}
+	rs := &rolloutSpec{file: &f, own: own}
 	h.specs.Store(id, rs)
 	return rs, nil
 }
@@ -345,4 +445,52 @@ func (t timed) PatchNetworkConfig(ctx context.Context, id string, upd api.Networ
 	ctx, cancel := context.WithTimeout(ctx, t.d)
 	defer cancel()
 	return t.API.PatchNetworkConfig(ctx, id, upd)
+}
+
+// states caches each rollout's state for StateTTL (see there): the hint a
+// try reads before its GET. Concurrent tries of one rollout share one read.
+type states struct {
+	mu sync.Mutex
+	m  map[string]stateSeen
+	sf singleflight.Group
+}
+
+type stateSeen struct {
+	st store.RolloutState
+	at time.Time
+}
+
+func (c *states) get(ctx context.Context, st *store.Store, id string) (store.RolloutState, error) {
+	c.mu.Lock()
+	s, ok := c.m[id]
+	c.mu.Unlock()
+	if ok && time.Since(s.at) < StateTTL {
+		return s.st, nil
+	}
+	v, err, _ := c.sf.Do(id, func() (any, error) {
+		at := time.Now()
+		rs, err := st.State(context.WithoutCancel(ctx), id)
+		if err != nil {
+			return rs, err
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.m == nil {
+			c.m = map[string]stateSeen{}
+		}
+		c.m[id] = stateSeen{st: rs, at: at}
+		return rs, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(store.RolloutState), nil
+}
+
+// forget drops what was seen of a rollout's state: a try found it
+// changed.
+func (c *states) forget(id string) {
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
 }

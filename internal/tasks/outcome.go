@@ -22,6 +22,7 @@ type Outcome struct {
 	Reason string
 	Fields []string // record fields that go with State
 	Err    error
+	drop   bool // nothing to record: the record is gone, finished, or cancelled
 }
 
 // Next is what happens to the CVM after a try.
