@@ -141,6 +141,20 @@ func (b *runner) processRaw(ctx context.Context, n, conc int) (time.Duration, cp
 		}
 		return nil
 	})
+	d, use, err := b.runBaseline(ctx, srv, mux, all, func() string { return fmt.Sprintf("raw handler did %d of %d CVMs", count.Load(), n) })
+	if err != nil {
+		return 0, use, err
+	}
+	if p := s.Sim.Stats().Patches; p != int64(n) {
+		return 0, cpuUse{}, fmt.Errorf("raw handler: %d PATCHes for %d CVMs", p, n)
+	}
+	return d, use, nil
+}
+
+// runBaseline runs srv with mux until all is closed (every task handled),
+// and times it with the CPU it took; it gives up after 10 minutes, saying
+// how far it got (progress).
+func (b *runner) runBaseline(ctx context.Context, srv *asynq.Server, mux *asynq.ServeMux, all <-chan struct{}, progress func() string) (time.Duration, cpuUse, error) {
 	meter := newCPUMeter(ctx, b.rdb)
 	start := time.Now()
 	if err := srv.Start(mux); err != nil {
@@ -149,13 +163,9 @@ func (b *runner) processRaw(ctx context.Context, n, conc int) (time.Duration, cp
 	defer srv.Shutdown()
 	select {
 	case <-all:
-		d := time.Since(start)
-		if p := s.Sim.Stats().Patches; p != int64(n) {
-			return 0, cpuUse{}, fmt.Errorf("raw handler: %d PATCHes for %d CVMs", p, n)
-		}
-		return d, meter.Stop(), nil
+		return time.Since(start), meter.Stop(), nil
 	case <-time.After(10 * time.Minute):
-		return 0, cpuUse{}, fmt.Errorf("raw handler did %d of %d CVMs in 10 min", count.Load(), n)
+		return 0, cpuUse{}, fmt.Errorf("%s in 10 min", progress())
 	case <-ctx.Done():
 		return 0, cpuUse{}, ctx.Err()
 	}
@@ -242,20 +252,7 @@ func (b *runner) processBaseline(ctx context.Context, n, conc int) (time.Duratio
 		}
 		return nil
 	})
-	meter := newCPUMeter(ctx, b.rdb)
-	start := time.Now()
-	if err := srv.Start(mux); err != nil {
-		return 0, cpuUse{}, err
-	}
-	defer srv.Shutdown()
-	select {
-	case <-all:
-		return time.Since(start), meter.Stop(), nil
-	case <-time.After(10 * time.Minute):
-		return 0, cpuUse{}, fmt.Errorf("no-op server handled %d of %d tasks in 10 min", count.Load(), n)
-	case <-ctx.Done():
-		return 0, cpuUse{}, ctx.Err()
-	}
+	return b.runBaseline(ctx, srv, mux, all, func() string { return fmt.Sprintf("no-op server handled %d of %d tasks", count.Load(), n) })
 }
 
 func best(ds []time.Duration) time.Duration {

@@ -91,8 +91,8 @@ func (h *Handler) ProcessTask(ctx context.Context, task *asynq.Task) error {
 	if wait, why, _ := spec.Schedule.Gate(time.Now()); wait > 0 {
 		return h.snooze(p, wait, why)
 	}
-	// Take an in-flight slot before the CVM is marked running, so that
-	// "running" means "holding a slot", and a CVM waiting for one is still
+	// Take an in-flight slot before the GET, so that a CVM running (from
+	// its Start on) always holds one, and a CVM waiting for one is still
 	// pending (a pause or cancel catches it).
 	client := h.API
 	if h.Pacer != nil {
