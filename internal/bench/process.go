@@ -39,7 +39,7 @@ func (b *runner) process(ctx context.Context) ([]Row, error) {
 		base, baseUse = append(base, d), append(baseUse, use)
 		b.progress("process: round %d: baseline no-op server did %d tasks in %s (%s)", round+1, n, d.Round(time.Millisecond), use)
 
-		d, use, err = b.processRaw(ctx, n, conc)
+		d, use, err = b.processRaw(ctx, n, conc, round == 0 && b.cfg.CPUProfile != "")
 		if err != nil {
 			return nil, fmt.Errorf("raw handler: %w", err)
 		}
@@ -58,7 +58,7 @@ func (b *runner) process(ctx context.Context) ([]Row, error) {
 	note := fmt.Sprintf("concurrency %d for all; best of %d rounds, run in turn (ours %s; raw %s; no-op %s); load average before each round %s; ours: %d HTTP requests per round to the in-process simulator (%d PATCH), every CVM succeeded",
 		conc, b.cfg.Repeat, secsList(ours), secsList(raw), secsList(base), strings.Join(loads, " / "), st.Requests, st.Patches)
 	if b.cfg.CPUProfile != "" {
-		note += "; CPU profile of round 1's worker run in " + b.cfg.CPUProfile
+		note += "; CPU profiles of round 1's worker run in " + b.cfg.CPUProfile + ", of its raw handler run in " + b.cfg.CPUProfile + ".raw"
 	}
 	oSelf, oRedis := minCPU(oursUse, n)
 	rSelf, rRedis := minCPU(rawUse, n)
@@ -100,7 +100,7 @@ func (b *runner) process(ctx context.Context) ([]Row, error) {
 // asynq server (as a user would configure it) whose handler GETs each
 // CVM's network config and PATCHes it to the bench target, through the
 // same API client, recording nothing, until all are done.
-func (b *runner) processRaw(ctx context.Context, n, conc int) (time.Duration, cpuUse, error) {
+func (b *runner) processRaw(ctx context.Context, n, conc int, profile bool) (time.Duration, cpuUse, error) {
 	if err := b.flush(ctx); err != nil {
 		return 0, cpuUse{}, err
 	}
@@ -141,6 +141,13 @@ func (b *runner) processRaw(ctx context.Context, n, conc int) (time.Duration, cp
 		}
 		return nil
 	})
+	if profile {
+		stop, err := startProfile(b.cfg.CPUProfile + ".raw")
+		if err != nil {
+			return 0, cpuUse{}, err
+		}
+		defer stop()
+	}
 	d, use, err := b.runBaseline(ctx, srv, mux, all, func() string { return fmt.Sprintf("raw handler did %d of %d CVMs", count.Load(), n) })
 	if err != nil {
 		return 0, use, err
@@ -190,13 +197,9 @@ func (b *runner) processOurs(ctx context.Context, n, conc int, profile bool) (ti
 	if _, err := b.apply(ctx, p); err != nil {
 		return 0, cpuUse{}, sim.Stats{}, err
 	}
+	stopProfile := func() {}
 	if profile {
-		pf, err := os.Create(b.cfg.CPUProfile)
-		if err != nil {
-			return 0, cpuUse{}, sim.Stats{}, err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
+		if stopProfile, err = startProfile(b.cfg.CPUProfile); err != nil {
 			return 0, cpuUse{}, sim.Stats{}, err
 		}
 	}
@@ -211,9 +214,7 @@ func (b *runner) processOurs(ctx context.Context, n, conc int, profile bool) (ti
 	r, werr := waitDone(ctx, store.New(b.rdb), p.ID, 10*time.Minute)
 	d := time.Since(start)
 	use := meter.Stop()
-	if profile {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 	cancel()
 	<-done
 	if werr != nil {
@@ -283,4 +284,17 @@ func minCPU(us []cpuUse, n int) (self, redis time.Duration) {
 		}
 	}
 	return self, redis
+}
+
+// startProfile writes a CPU profile of this process to path until stop.
+func startProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

@@ -33,7 +33,7 @@ func runBench(ctx context.Context, e *Env, args []string) error {
 	conc := fs.Int("concurrency", 50, "worker concurrency of the process stage (and of its no-op baseline)")
 	repeat := fs.Int("repeat", 3, "rounds of the enqueue and process stages (best of them is reported)")
 	rssConc := fs.Int("rss-concurrency", 200, "concurrency of the worker subprocess whose RSS is measured")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the process stage's worker run to this file")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the process stage's worker run to this file (and of its raw handler run to FILE.raw)")
 	workerBin := fs.String("worker-bin", "", "built cmd/worker for the RSS measure (default: go build one)")
 	limits := fs.String("limits", strings.Join(limitBenches, ","), "measures of the limits stage to run")
 	out := fs.String("o", "table", "output: table or markdown")
