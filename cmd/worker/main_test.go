@@ -172,11 +172,18 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 
 func get(t *testing.T, b *testutil.Bundle, id string) *store.Rollout {
 	t.Helper()
-	r, err := b.Store.Get(context.Background(), id)
-	if err != nil {
-		t.Fatal(err)
+	// Retried for a while: right after a failover the test's own client
+	// may still hold a connection the old master closed (CI failed once on
+	// "use of closed network connection" just after a Sentinel switchover).
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		r, err := b.Store.Get(context.Background(), id)
+		if err == nil {
+			return r
+		}
+		if time.Now().After(end) {
+			t.Fatal(err)
+		}
 	}
-	return r
 }
 
 // TestRedisRestartWithPersistence crashes a redis-server (appendonly,

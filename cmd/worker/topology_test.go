@@ -78,13 +78,7 @@ func TestClusterFailoverMidRollout(t *testing.T) {
 	}
 	alongside(t, true)
 	cl := testutil.StartCluster(t)
-	bin := buildWorker(t)
-	rdb, err := redisconn.Open(context.Background(), cl.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	b := testutil.SetupOn(t, fleet(2000, 31), rdb, cl.URL())
+	b, bin := onCluster(t, cl, fleet(2000, 31))
 	b.Sim.SetFaults(sim.Faults{Latency: 2 * time.Millisecond})
 	began := time.Now()
 	p := b.Apply(t, `name: cluster
@@ -115,6 +109,54 @@ retry: {max_attempts: 4, backoff: {base: 200ms, max: 1s}}
 	}
 	t.Logf("Cluster rollout: %d CVMs in 2 stages, 3 workers, a failover: %s; %d PATCHes accepted, each CVM exactly once",
 		len(p.Items), took.Round(100*time.Millisecond), b.Sim.Stats().Patches)
+}
+
+// TestClusterTLS runs a rollout with 2 worker processes through a Redis
+// Cluster whose 6 nodes speak only TLS (clients, replication and the
+// cluster bus), with a private CA and a client certificate required:
+// every CVM at the target, each PATCHed once; the read commands work; and
+// a wrong CA in the cluster URL is one clear line.
+func TestClusterTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 6-node TLS Redis Cluster and 2 worker processes")
+	}
+	alongside(t, true)
+	f := testutil.GenTLS(t)
+	cl := testutil.StartClusterTLS(t, f)
+	b, bin := onCluster(t, cl, fleet(500, 43))
+	p := b.Apply(t, "name: cluster-tls\nselector: {all: true}\ntarget: {kms_urls: [\"https://kms-new.example:8000\"]}\nstages: [50, \"100%\"]\n")
+	for range 2 {
+		startWorker(t, bin, b, "--concurrency", "16")
+	}
+	waitCounts(t, b, p.ID, time.Minute, func(r *store.Rollout) bool { return r.State == store.RolloutCompleted })
+	checkOnce(t, b, p.ID, len(p.Items))
+	for _, args := range [][]string{{"status", p.ID}, {"report", p.ID, "-o", "json"}, {"workers"}} {
+		if _, err := rolloutCmd(b.RedisURL, args...); err != nil {
+			t.Errorf("rollout %v on the TLS Cluster: %v", args, err)
+		}
+	}
+	wrong := strings.Replace(cl.URL(), "tls_ca="+f.CA, "tls_ca="+f.OtherCA, 1)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "PHALA_CLOUD_API_KEY="+b.Key, "PHALA_CLOUD_API_PREFIX="+b.SimURL, "REDIS_URL="+wrong)
+	out, err := cmd.CombinedOutput()
+	line := strings.TrimSpace(string(out))
+	t.Logf("wrong CA on the Cluster: %s", line)
+	if err == nil || strings.Contains(line, "\n") || !strings.Contains(line, "certificate signed by unknown authority (check tls_ca in REDIS_URL)") {
+		t.Errorf("worker with a wrong CA: %v, said:\n%s", err, line)
+	}
+}
+
+// onCluster is a bundle on cl, opened through its URL as the workers
+// open it, and the worker binary.
+func onCluster(t *testing.T, cl *testutil.Cluster, f sim.FleetOptions) (*testutil.Bundle, string) {
+	t.Helper()
+	bin := buildWorker(t)
+	rdb, err := redisconn.Open(context.Background(), cl.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return testutil.SetupOn(t, f, rdb, cl.URL()), bin
 }
 
 // TestTLSPrivateCA runs a rollout with a worker process through a

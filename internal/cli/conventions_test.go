@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -195,38 +196,83 @@ func TestCompletion(t *testing.T) {
 	if _, _, err := run(t, &testutil.Bundle{}, "completion", "tcsh"); ExitCode(context.Background(), err) != ExitUsage {
 		t.Fatalf("completion tcsh: %v", err)
 	}
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Log("bash not found: the bash script is not run") // bash is part of every CI image; not a skip
-		return
-	}
-	complete := func(words ...string) string {
-		script := scripts["bash"] + fmt.Sprintf("\nCOMP_WORDS=(%s); COMP_CWORD=%d; _rollout; echo \"${COMPREPLY[*]}\"\n", shellWords(words), len(words)-1)
-		out, err := exec.Command(bash, "-c", script).CombinedOutput()
+	// Each script runs in its own shell, where .ci/run installs them
+	// (Debian's bash, zsh and fish); a shell that is absent is said in one
+	// line and its part not run.
+	shell := func(name string) (string, bool) {
+		p, err := exec.LookPath(name)
 		if err != nil {
-			t.Fatalf("bash: %v\n%s", err, out)
+			t.Logf("%s not found: its completion script is not run", name)
 		}
-		return strings.TrimSpace(string(out))
+		return p, err == nil
 	}
-	if got := complete("rollout", "sta"); got != "status" {
-		t.Errorf("rollout sta<TAB>: %q", got)
+	want := map[string]string{ // the line typed -> the completion it must offer
+		"rollout sta":          "status",
+		"rollout status --w":   "--watch",
+		"rollout retry --":     "--ids --failed",
+		"rollout help hi":      "history",
+		"rollout completion f": "fish",
 	}
-	if got := complete("rollout", "status", "--w"); got != "--watch" {
-		t.Errorf("rollout status --w<TAB>: %q", got)
+	if bash, ok := shell("bash"); ok {
+		complete := func(words ...string) string {
+			script := scripts["bash"] + fmt.Sprintf("\nCOMP_WORDS=(%s); COMP_CWORD=%d; _rollout; echo \"${COMPREPLY[*]}\"\n", shellWords(words), len(words)-1)
+			out, err := exec.Command(bash, "-c", script).CombinedOutput()
+			if err != nil {
+				t.Fatalf("bash: %v\n%s", err, out)
+			}
+			return strings.TrimSpace(string(out))
+		}
+		for line, w := range want {
+			got := complete(strings.Fields(line)...)
+			for _, c := range strings.Fields(w) {
+				if !slices.Contains(strings.Fields(got), c) {
+					t.Errorf("bash: %s<TAB>: %q, want %s", line, got, c)
+				}
+			}
+		}
+		if got := complete("rollout", "sta"); got != "status" {
+			t.Errorf("bash: rollout sta<TAB>: %q, want status alone", got)
+		}
 	}
-	if got := complete("rollout", "retry", "--"); !strings.Contains(got, "--ids") || !strings.Contains(got, "--failed") {
-		t.Errorf("rollout retry --<TAB>: %q", got)
+	// fish: its own completion engine, complete -C, on the lines typed.
+	if fish, ok := shell("fish"); ok {
+		for line, w := range want {
+			out, err := exec.Command(fish, "--no-config", "-c", scripts["fish"]+"\ncomplete -C "+shellWords([]string{line})).CombinedOutput()
+			if err != nil {
+				t.Fatalf("fish: %v\n%s", err, out)
+			}
+			var got []string
+			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				got = append(got, strings.SplitN(l, "\t", 2)[0])
+			}
+			for _, c := range strings.Fields(w) {
+				if !slices.Contains(got, c) {
+					t.Errorf("fish: %s<TAB>: %q, want %s", line, got, c)
+				}
+			}
+		}
 	}
-	if got := complete("rollout", "help", "hi"); got != "history" {
-		t.Errorf("rollout help hi<TAB>: %q", got)
-	}
-	if got := complete("rollout", "completion", "f"); got != "fish" {
-		t.Errorf("rollout completion f<TAB>: %q", got)
-	}
-	for _, sh := range []string{"zsh", "fish"} {
-		if p, err := exec.LookPath(sh); err == nil {
-			if out, err := exec.Command(p, "-n", "-c", scripts[sh]).CombinedOutput(); err != nil {
-				t.Errorf("%s -n: %v\n%s", sh, err, out)
+	// zsh: compsys needs a terminal, so the script's own code runs in zsh
+	// with compsys's functions (_describe, _arguments, _values) stubbed to
+	// print what they were given: which candidates each line offers.
+	if zsh, ok := shell("zsh"); ok {
+		stubs := `compdef() { :; }
+_describe() { local arr=$4; print -r -- "describe ${(@)${(P)arr}%%:*}" }
+_arguments() { shift; print -r -- "arguments $*" }
+_values() { shift; print -r -- "values $*" }
+`
+		for line, w := range want {
+			words := strings.Fields(line)
+			script := stubs + scripts["zsh"] + fmt.Sprintf("\nwords=(%s); CURRENT=%d; _rollout\n", shellWords(words), len(words))
+			out, err := exec.Command(zsh, "-f", "-c", script).CombinedOutput()
+			if err != nil {
+				t.Fatalf("zsh: %v\n%s", err, out)
+			}
+			got := string(out)
+			for _, c := range strings.Fields(w) {
+				if !strings.Contains(" "+got, " "+c+" ") && !strings.Contains(" "+got, " "+c+"[") && !strings.HasSuffix(strings.TrimSpace(got), " "+c) {
+					t.Errorf("zsh: %s<TAB>: %q, want %s", line, got, c)
+				}
 			}
 		}
 	}

@@ -76,13 +76,13 @@ func StartRedisConf(t testing.TB, conf string, port int, args ...string) *Server
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	s := &Server{Port: port, Dir: dir, Cmd: cmd}
 	listen := port
 	for i, a := range all { // a TLS-only server listens on --tls-port
 		if a == "--tls-port" && i+1 < len(all) {
 			listen, _ = strconv.Atoi(all[i+1])
 		}
 	}
+	s := &Server{Port: listen, Dir: dir, Cmd: cmd}
 	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(listen)); err == nil {
 			c.Close()
@@ -103,14 +103,19 @@ func lastLines(s string, n int) string {
 // Cluster is a Redis Cluster of 3 masters and 3 replicas on loopback.
 type Cluster struct {
 	Nodes []*Server
+	tls   *TLSFiles // TLS-only nodes (StartClusterTLS)
 }
 
-// URL is the cluster's REDIS_URL (go-redis's cluster form).
+// URL is the cluster's REDIS_URL (go-redis's cluster form; for a TLS
+// cluster, rediss:// with the CA and the client certificate).
 func (c *Cluster) URL() string {
 	u := "redis://" + c.Nodes[0].Addr()
-	for i, n := range c.Nodes[1:] {
+	if c.tls != nil {
+		u = "rediss://" + c.Nodes[0].Addr() + "?tls_ca=" + c.tls.CA + "&tls_cert=" + c.tls.ClientCert + "&tls_key=" + c.tls.ClientKey
+	}
+	for _, n := range c.Nodes[1:] {
 		sep := "&"
-		if i == 0 {
+		if !strings.Contains(u, "?") {
 			sep = "?"
 		}
 		u += sep + "addr=" + n.Addr()
@@ -123,15 +128,40 @@ func (c *Cluster) URL() string {
 // every node says cluster_state:ok and every replica is in sync.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
+	return startCluster(t, nil)
+}
+
+// StartClusterTLS is StartCluster with every node TLS-only: clients,
+// replication and the cluster bus, each with certificates f's CA signed
+// (a client certificate required).
+func StartClusterTLS(t testing.TB, f TLSFiles) *Cluster {
+	t.Helper()
+	NeedTLS(t)
+	return startCluster(t, &f)
+}
+
+func startCluster(t testing.TB, f *TLSFiles) *Cluster {
+	t.Helper()
 	cli := NeedProgram(t, "redis-cli")
-	c := &Cluster{}
+	c := &Cluster{tls: f}
 	args := []string{"create"}
 	for range 6 {
-		n := StartRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000")
+		cluster := []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000"}
+		var n *Server
+		if f == nil {
+			n = StartRedis(t, cluster...)
+		} else {
+			n = StartRedisConf(t, "", 0, append(cluster, "--tls-port", strconv.Itoa(FreePort(t)), "--tls-cluster", "yes", "--tls-replication", "yes",
+				"--tls-cert-file", f.ServerCert, "--tls-key-file", f.ServerKey, "--tls-ca-cert-file", f.CA, "--tls-auth-clients", "yes",
+				"--tls-client-cert-file", f.ClientCert, "--tls-client-key-file", f.ClientKey)...)
+		}
 		c.Nodes = append(c.Nodes, n)
 		args = append(args, n.Addr())
 	}
 	args = append([]string{"--cluster"}, append(args, "--cluster-replicas", "1", "--cluster-yes")...)
+	if f != nil {
+		args = append([]string{"--tls", "--cacert", f.CA, "--cert", f.ClientCert, "--key", f.ClientKey}, args...)
+	}
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, lastLines(string(out), 5))
 	}
@@ -168,7 +198,7 @@ func (c *Cluster) replicated() bool {
 		if len(s.Nodes) < 2 {
 			return false
 		}
-		r := redis.NewClient(&redis.Options{Addr: s.Nodes[1].Addr, MaxRetries: -1})
+		r := c.client(s.Nodes[1].Addr)
 		info, err := r.Info(ctx, "replication").Result()
 		r.Close()
 		if err != nil || !strings.Contains(info, "master_link_status:up") {
@@ -179,8 +209,14 @@ func (c *Cluster) replicated() bool {
 }
 
 // Node is a plain client on one node.
-func (c *Cluster) Node(n *Server) *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: n.Addr(), MaxRetries: -1})
+func (c *Cluster) Node(n *Server) *redis.Client { return c.client(n.Addr()) }
+
+func (c *Cluster) client(addr string) *redis.Client {
+	o := &redis.Options{Addr: addr, MaxRetries: -1}
+	if c.tls != nil {
+		o.TLSConfig = c.tls.ClientConfig()
+	}
+	return redis.NewClient(o)
 }
 
 // FailoverSlot forces the master that serves key's slot to hand over to
@@ -208,7 +244,7 @@ func (c *Cluster) FailoverSlot(t testing.TB, key string) (from, to string) {
 	if to == "" {
 		t.Fatalf("no replica serves slot %d", slot)
 	}
-	r := redis.NewClient(&redis.Options{Addr: to, MaxRetries: -1})
+	r := c.client(to)
 	defer r.Close()
 	if err := r.Do(ctx, "CLUSTER", "FAILOVER").Err(); err != nil {
 		t.Fatalf("CLUSTER FAILOVER on %s: %v", to, err)

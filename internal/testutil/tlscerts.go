@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -84,4 +85,18 @@ func GenTLS(t testing.TB) TLSFiles {
 		ServerCert: write("server.pem", "CERTIFICATE", sDER), ServerKey: write("server-key.pem", "EC PRIVATE KEY", sKey),
 		ClientCert: write("client.pem", "CERTIFICATE", cDER), ClientKey: write("client-key.pem", "EC PRIVATE KEY", cKey),
 	}
+}
+
+// ClientConfig is a TLS client configuration that trusts f's CA and
+// presents its client certificate.
+func (f TLSFiles) ClientConfig() *tls.Config {
+	pool := x509.NewCertPool()
+	if ca, err := os.ReadFile(f.CA); err == nil {
+		pool.AppendCertsFromPEM(ca)
+	}
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if c, err := tls.LoadX509KeyPair(f.ClientCert, f.ClientKey); err == nil {
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg
 }
