@@ -32,6 +32,7 @@ const (
 	ModeStart   Mode = "start" // see Start
 	ModeFinish  Mode = "finish"
 	ModeTried   Mode = "tried" // a worker's try that never made Start
+	ModePark    Mode = "park"  // the same, throttled: no attempt used
 	ModeRequeue Mode = "requeue"
 	ModeSnooze  Mode = "snooze"
 	ModeReset   Mode = "reset"
@@ -75,15 +76,20 @@ func (s *Store) move(ctx context.Context, id, cvm string, to CVMState, mode Mode
 }
 
 // TryInfo is what a worker's try reads of a CVM when it did not make
-// Start: its own target (JSON, "" for the rollout's) and its attempts.
+// Start: its own target (JSON, "" for the rollout's) and its attempts,
+// counting a try that left it running and died, as the moves will.
 func (s *Store) TryInfo(ctx context.Context, id, cvm string) (target string, attempts int, err error) {
-	v, err := s.rdb.HMGet(ctx, CVMKey(id, cvm), "target", "attempts").Result()
+	v, err := s.rdb.HMGet(ctx, CVMKey(id, cvm), "target", "attempts", "state").Result()
 	if err != nil {
 		return "", 0, err
 	}
 	target, _ = v[0].(string)
 	a, _ := v[1].(string)
-	return target, atoi(a), nil
+	attempts = atoi(a)
+	if st, _ := v[2].(string); CVMState(st) == Running {
+		attempts++
+	}
+	return target, attempts, nil
 }
 
 // State is a rollout's state alone ("" when there is no such rollout).

@@ -375,3 +375,63 @@ func TestTriedCountsTheTry(t *testing.T) {
 		t.Fatalf("record %+v", rec)
 	}
 }
+
+// TestDeadTryCountedByTriedAndPark: a try that never made Start and finds
+// the CVM running (the try before it died there) counts that try too:
+// park (throttled) one attempt, tried two; from pending, park none.
+func TestDeadTryCountedByTriedAndPark(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	for _, c := range []struct {
+		mode store.Mode
+		to   store.CVMState
+		from store.CVMState
+		want int // attempts after
+	}{
+		{store.ModePark, store.Pending, store.Pending, 0},
+		{store.ModePark, store.Pending, store.Running, 1},
+		{store.ModeTried, store.Pending, store.Running, 3},
+		{store.ModeTried, store.Pending, store.Pending, 4},
+	} {
+		if c.from == store.Running {
+			if _, err := st.Start(ctx, id, "cvm_a", time.Now(), 10, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tr, err := st.Move(ctx, id, "cvm_a", c.to, c.mode, time.Now())
+		if err != nil || tr.From != c.from || tr.To != c.to || tr.Attempts != c.want {
+			t.Fatalf("%s from %s: %+v %v, want %s with %d attempts", c.mode, c.from, tr, err, c.to, c.want)
+		}
+	}
+	if r, _ := st.Get(ctx, id); r.Counts[store.Running] != 0 || r.Counts[store.Pending] != 2 {
+		t.Fatalf("counts %v", r.Counts)
+	}
+}
+
+// TestRetryGenerationMarksItsPatch: after retry --failed (which leaves
+// patch_sent empty: not sent in this generation), the next try's Start
+// marks its PATCH sent again, so a crash after it is recorded as applied.
+func TestRetryGenerationMarksItsPatch(t *testing.T) {
+	st, id := setup(t, store.RolloutRunning)
+	ctx := context.Background()
+	if _, err := st.Start(ctx, id, "cvm_a", time.Now(), 3, []string{"https://old"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Move(ctx, id, "cvm_a", store.Failed, store.ModeFinish, time.Now(), "reason", "HTTP 500"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Retry(ctx, id, "op", "--failed", []string{"cvm_a"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if sent, _ := st.PatchSent(ctx, id, "cvm_a"); sent {
+		t.Fatal("patch_sent survived retry --failed")
+	}
+	tr, err := st.Start(ctx, id, "cvm_a", time.Now(), 3, []string{"https://new"}, nil)
+	if err != nil || !tr.NewlySent {
+		t.Fatalf("start after retry: %+v %v, want newly sent", tr, err)
+	}
+	rec, _ := st.Record(ctx, id, "cvm_a")
+	if !rec.PatchSent || len(rec.PrevKMS) != 1 || rec.PrevKMS[0] != "https://old" {
+		t.Fatalf("record %+v: want patch_sent and the first before-image", rec)
+	}
+}

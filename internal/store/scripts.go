@@ -87,6 +87,13 @@ end
 //	tried    pending|running -> pending or a terminal state, an attempt
 //	         used: the end of a worker's try that never made start (its
 //	         GET failed, or showed the target already)
+//	park     pending|running -> pending, no attempt used: a worker's try
+//	         that never made start, throttled (its GET answered 429, or
+//	         waited for a rate token)
+//
+// tried and park, finding the CVM running, also count the try that left
+// it so and died (as begin and start do): a CVM whose tries die after
+// their PATCH must use up its attempts, however the next try's GET ends.
 //	requeue  running -> pending: the attempt failed, a retry will come
 //	snooze   running -> pending: not an attempt (throttled, paused)
 //	reset    failed -> pending (retry --failed)
@@ -148,10 +155,10 @@ if not (starts and new ~= 'running') then -- only a CVM that starts gets worker 
 end
 local sent, out = '0', '0'
 if mode == 'start' and new == 'running' then
-  -- The pre-PATCH mark (prepatchScript's rule): each field only if absent
-  -- (a field present, even empty as retry --failed leaves patch_sent, is
-  -- kept), and nothing once the attempts are used up (counting a try that
-  -- died, below).
+  -- The pre-PATCH mark (prepatchScript's rule): the before-image only if
+  -- absent (the first try's), patch_sent unless set ('' is what retry
+  -- --failed leaves: not sent in this generation), and nothing once the
+  -- attempts are used up (counting a try that died, below).
   local att = tonumber(c[3] or '0')
   if old == 'running' then att = att + 1 end
   if att >= tonumber(ARGV[4]) then
@@ -159,7 +166,7 @@ if mode == 'start' and new == 'running' then
   else
     if not c[6] then set[#set + 1], set[#set + 2] = 'prev_kms', ARGV[5] end
     if not c[7] then set[#set + 1], set[#set + 2] = 'prev_gw', ARGV[6] end
-    if not c[5] then set[#set + 1], set[#set + 2], sent = 'patch_sent', '1', '1' end
+    if not c[5] or c[5] == '' then set[#set + 1], set[#set + 2], sent = 'patch_sent', '1', '1' end
   end
 end
 if new == 'cancelled' and starts then
@@ -172,11 +179,15 @@ if new == 'cancelled' and starts then
 end
 redis.call('HSET', KEYS[2], unpack(set))
 local attempts = c[3] or '0'
-if mode == 'requeue' or mode == 'tried' or (mode == 'finish' and old == 'running') or (starts and old == 'running') then
-  -- begin or start from running: the previous try died mid-way (a killed
-  -- worker); it may have sent its PATCH, so it counts.
-  attempts = tostring(redis.call('HINCRBY', KEYS[2], 'attempts', 1))
+local inc = 0
+if mode == 'requeue' or mode == 'tried' then inc = 1 end -- this try
+if old == 'running' and (mode == 'finish' or starts or mode == 'tried' or mode == 'park') then
+  -- finish: this try, which made the CVM running. begin, start, tried,
+  -- park: the try that made it running died mid-way (a killed worker); it
+  -- may have sent its PATCH, so it counts.
+  inc = inc + 1
 end
+if inc > 0 then attempts = tostring(redis.call('HINCRBY', KEYS[2], 'attempts', inc)) end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
 if new == 'failed' then
   -- the latest failures, for status after a budget trips
@@ -426,14 +437,15 @@ return 1
 var prepatchScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'state') or ''
 if st ~= 'running' then return {st, 0} end
--- HSETNX each, in one read and one write: a field present (even empty,
--- as retry --failed leaves patch_sent) is kept.
+-- The before-image only if absent, in one read and one write (a field
+-- present, even empty, is kept); patch_sent unless set ('' is what retry
+-- --failed leaves: not sent in this generation).
 local v = redis.call('HMGET', KEYS[2], 'prev_kms', 'prev_gw', 'patch_sent')
 local set = {}
 if not v[1] then set[#set + 1], set[#set + 2] = 'prev_kms', ARGV[1] end
 if not v[2] then set[#set + 1], set[#set + 2] = 'prev_gw', ARGV[2] end
 local sent = 0
-if not v[3] then set[#set + 1], set[#set + 2], sent = 'patch_sent', '1', 1 end
+if not v[3] or v[3] == '' then set[#set + 1], set[#set + 2], sent = 'patch_sent', '1', 1 end
 if #set > 0 then redis.call('HSET', KEYS[2], unpack(set)) end
 return {st, sent}
 `)

@@ -297,8 +297,13 @@ func (h *Handler) record(ctx context.Context, t *try, n Next) error {
 		fields = append(fields, "finished_at", now())
 	}
 	mode := n.Mode
-	if !t.begun && (mode == store.ModeFinish || mode == store.ModeRequeue) {
-		mode = store.ModeTried
+	if !t.begun {
+		switch mode {
+		case store.ModeFinish, store.ModeRequeue:
+			mode = store.ModeTried
+		case store.ModeSnooze:
+			mode = store.ModePark
+		}
 	}
 	tr, err := h.Store.Move(context.WithoutCancel(ctx), p.Rollout, p.CVM, n.State, mode, time.Now(), fields...)
 	if err != nil {
