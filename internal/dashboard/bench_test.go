@@ -45,7 +45,7 @@ func BenchmarkRolloutPage(b *testing.B) {
 			st := store.New(rdb)
 			clock := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 			id := seed(b, st, n, clock.Now())
-			count := &counter{}
+			count := &testutil.Counter{}
 			rdb.AddHook(count)
 			h := New(Config{RDB: rdb, Now: clock.Now, Tick: time.Second})
 			paths := []string{"/api/rollouts/" + id, "/api/rollouts/" + id + "/cvms?limit=50"}
@@ -60,14 +60,14 @@ func BenchmarkRolloutPage(b *testing.B) {
 				}
 			}
 			render() // warm: scripts loaded, connections open
-			count.reset()
+			count.Reset()
 			b.ResetTimer()
 			for b.Loop() {
 				render()
 			}
 			b.StopTimer()
-			b.ReportMetric(float64(count.trips.Load())/float64(b.N), "roundtrips/render")
-			b.ReportMetric(float64(count.cmds.Load())/float64(b.N), "cmds/render")
+			b.ReportMetric(float64(count.Trips())/float64(b.N), "roundtrips/render")
+			b.ReportMetric(float64(count.Cmds())/float64(b.N), "cmds/render")
 		})
 	}
 }

@@ -30,7 +30,7 @@ type rig struct {
 	h     *Handler
 	srv   *httptest.Server
 	clock *fakeClock
-	count *counter
+	count *testutil.Counter
 	id    string
 }
 
@@ -39,7 +39,7 @@ type rig struct {
 func newRig(t *testing.T, n int, token string) *rig {
 	t.Helper()
 	rdb, _ := testutil.Redis(t)
-	r := &rig{st: store.New(rdb), clock: &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}, count: &counter{}}
+	r := &rig{st: store.New(rdb), clock: &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}, count: &testutil.Counter{}}
 	r.id = seed(t, r.st, n, r.clock.Now())
 	rdb.AddHook(r.count)
 	r.h = New(Config{RDB: rdb, Token: token, Now: r.clock.Now, Tick: time.Second})
@@ -281,7 +281,7 @@ func TestOneReadPerTickForAllViewers(t *testing.T) {
 	c := newClient(t, r.srv)
 	for _, path := range []string{"/api/rollouts/" + r.id, "/api/rollouts", "/api/queue", "/api/rollouts/" + r.id + "/cvms?limit=20"} {
 		r.clock.Add(time.Second)
-		r.count.reset()
+		r.count.Reset()
 		var wg sync.WaitGroup
 		for range 20 {
 			wg.Go(func() {
@@ -291,20 +291,20 @@ func TestOneReadPerTickForAllViewers(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		first := r.count.trips.Load()
+		first := r.count.Trips()
 		if first == 0 {
 			t.Fatalf("%s: no Redis read at all", path)
 		}
 		for range 5 {
 			c.do("GET", path, nil, nil)
 		}
-		if n := r.count.trips.Load(); n != first {
+		if n := r.count.Trips(); n != first {
 			t.Errorf("%s: 25 viewers in one tick made %d round trips, the first refresh %d", path, n, first)
 		}
 		r.clock.Add(time.Second)
 		c.do("GET", path, nil, nil)
 		// (asynq's inspector may skip a read the second time.)
-		if n := r.count.trips.Load() - first; n == 0 || n > first {
+		if n := r.count.Trips() - first; n == 0 || n > first {
 			t.Errorf("%s: next tick: %d round trips, want 1 to %d", path, n, first)
 		}
 		t.Logf("%s: %d round trips per tick", path, first)
@@ -315,7 +315,7 @@ func TestOneReadPerTickForAllViewers(t *testing.T) {
 // snapshot and the first page of its CVM table.
 func renderCost(t testing.TB, r *rig, id string) (trips, cmds int64) {
 	r.clock.Add(time.Second)
-	r.count.reset()
+	r.count.Reset()
 	for _, p := range []string{"/api/rollouts/" + id, "/api/rollouts/" + id + "/cvms?limit=50"} {
 		resp, err := r.srv.Client().Get(r.srv.URL + p)
 		if err != nil {
@@ -327,7 +327,7 @@ func renderCost(t testing.TB, r *rig, id string) (trips, cmds int64) {
 			t.Fatalf("%s: %d", p, resp.StatusCode)
 		}
 	}
-	return r.count.trips.Load(), r.count.cmds.Load()
+	return r.count.Trips(), r.count.Cmds()
 }
 
 func TestCommandsPerRenderConstantInFleetSize(t *testing.T) {

@@ -10,13 +10,11 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/phalafleet/rollout/internal/plan"
 	"github.com/phalafleet/rollout/internal/store"
-	"github.com/redis/go-redis/v9"
 )
 
 // seedFile is the rollout the unit tests record directly in the store
@@ -56,30 +54,6 @@ func seed(t testing.TB, st *store.Store, n int, at time.Time) string {
 	}
 	return id
 }
-
-// counter counts what a client sends Redis: round trips (a command or a
-// pipeline) and commands.
-type counter struct {
-	trips, cmds atomic.Int64
-}
-
-func (c *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.trips.Add(1)
-		c.cmds.Add(1)
-		return next(ctx, cmd)
-	}
-}
-func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.trips.Add(1)
-		c.cmds.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
-}
-
-func (c *counter) reset() { c.trips.Store(0); c.cmds.Store(0) }
 
 // fakeClock is a settable clock.
 type fakeClock struct {

@@ -90,10 +90,6 @@ end
 //	park     pending|running -> pending, no attempt used: a worker's try
 //	         that never made start, throttled (its GET answered 429, or
 //	         waited for a rate token)
-//
-// tried and park, finding the CVM running, also count the try that left
-// it so and died (as begin and start do): a CVM whose tries die after
-// their PATCH must use up its attempts, however the next try's GET ends.
 //	requeue  running -> pending: the attempt failed, a retry will come
 //	snooze   running -> pending: not an attempt (throttled, paused)
 //	reset    failed -> pending (retry --failed)
@@ -101,8 +97,10 @@ end
 //
 // A transition the mode does not allow changes nothing (at-least-once
 // delivery makes repeats normal). attempts counts finished attempts: each
-// requeue, the finish of a running CVM, and a begin that finds the CVM
-// still running (its last try died). After a failed or succeeded CVM it judges
+// requeue and tried, the finish of a running CVM, and a begin, start,
+// tried or park that finds the CVM still running (its last try died: a
+// CVM whose tries die after their PATCH must use up its attempts, however
+// the next try's GET ends). After a failed or succeeded CVM it judges
 // the failure budget: more than budget_max_failed failures once at least
 // budget_min_executed CVMs were executed pauses (or cancels) the rollout.
 //
@@ -110,7 +108,7 @@ end
 // action, attempts after, the CVM's own target or ”, 1 if this call set
 // patch_sent, 1 if start found the try out of attempts}.
 var transitionScript = redis.NewScript(familyLua + `
--- One read of each hash and one write of the CVM's: a CVM makes a begin and
+-- One read of each hash and one write of the CVM's: a CVM makes a start and
 -- a finish, so every call here is paid twice per CVM on the Redis every
 -- worker shares (issue 12).
 local c = redis.call('HMGET', KEYS[2], 'state', 'stage', 'attempts', 'target', 'patch_sent', 'prev_kms', 'prev_gw')
